@@ -1,0 +1,53 @@
+# Two commands on a fresh machine:
+#   make lab    set up .venv and open the workbook in JupyterLab (NO_BROWSER=1 for a headless machine)
+#   make test   set up .venv and run the whole suite (what .ci/run runs)
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PORT ?= 8888
+NO_BROWSER ?=
+LAB_TOKEN ?=
+KERNEL_NAME ?= diffusion-workbook
+NB ?=
+
+.PHONY: lab test venv kernel release grade clean help
+
+help:
+	@echo "make lab      set up .venv, register the kernel, start JupyterLab on notebooks/00_start_here.ipynb"
+	@echo "              (NO_BROWSER=1 to only print the URL; PORT=8888)"
+	@echo "make test     set up .venv and run unit tests, nbval on every notebook, release and grading tests"
+	@echo "make release  write student notebooks (solutions removed, outputs cleared) to release/"
+	@echo "make grade NB=release/02_forward_reverse.ipynb   grade one student notebook"
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -e .
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+kernel: venv
+	$(PY) -m ipykernel install --user --name $(KERNEL_NAME) --display-name "Diffusion workbook (.venv)" >/dev/null
+	@echo "registered the Jupyter kernel '$(KERNEL_NAME)'"
+
+lab: kernel
+	$(VENV)/bin/jupyter lab notebooks/00_start_here.ipynb --port=$(PORT) --ServerApp.ip=127.0.0.1 \
+		--ServerApp.root_dir=$(CURDIR) $(if $(NO_BROWSER),--no-browser) \
+		$(if $(filter 0,$(shell id -u)),--allow-root) \
+		$(if $(LAB_TOKEN),--IdentityProvider.token=$(LAB_TOKEN))
+
+test: venv
+	$(PY) -m pytest -q tests --nbval-lax notebooks
+
+release: venv
+	$(PY) -m course.grading release
+
+grade: venv
+	@test -n "$(NB)" || (echo "usage: make grade NB=path/to/student_notebook.ipynb" && exit 2)
+	$(PY) -m course.grading grade $(NB)
+
+clean:
+	rm -rf release .pytest_cache

@@ -1,0 +1,13 @@
+"""Checkers for the graded exercises.
+
+Each ``check_*`` function calls a student's function on random and edge cases,
+compares it with the package's reference, and either prints a one-line pass or
+raises ``ExerciseFailed`` with a message that says what to look at (shape, dtype,
+which timesteps differ and by how much). The student never sees a bare assert
+or a traceback from inside the package.
+"""
+from __future__ import annotations
+
+from .core import ExerciseFailed, call_student, compare, passed  # noqa: F401
+from .datasets import check_to_model_range  # noqa: F401
+from .forward import check_q_posterior, check_q_sample  # noqa: F401

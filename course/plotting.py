@@ -1,0 +1,79 @@
+"""Plotting helpers: image grids, 2D scatter plots, and figures rendered to PNG bytes."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from . import validate
+
+
+def to_display(images) -> np.ndarray:
+    """(N, C, H, W) images in [-1, 1] -> (N, H, W, C) floats in [0, 1] for imshow."""
+    images = validate.floating("images", images).detach().cpu()
+    if images.dim() == 3:
+        images = images[None]
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must have shape (N, C, H, W) with C = 1 or 3, got {tuple(images.shape)}")
+    return ((images.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+
+
+def image_grid(images, titles=None, ncols: int = 8, size: float = 1.2, title: str | None = None,
+               fig: Figure | None = None) -> Figure:
+    """Show (N, C, H, W) images in [-1, 1] as a grid, with an optional title per image."""
+    pixels = to_display(images)
+    n = len(pixels)
+    ncols = max(1, min(ncols, n))
+    nrows = int(np.ceil(n / ncols))
+    if titles is not None and len(titles) != n:
+        raise ValueError(f"titles has {len(titles)} entries for {n} images")
+    fig = fig or Figure(figsize=(ncols * size, nrows * size + (0.3 if title else 0)))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i < n:
+            img = pixels[i]
+            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1,
+                      interpolation="nearest")
+            if titles is not None:
+                ax.set_title(str(titles[i]), fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def scatter2d(points, labels=None, ax=None, title: str | None = None, lim: float = 3.5, s: float = 3):
+    """Scatter plot of (N, 2) points, coloured by label if given. Returns the axes."""
+    points = validate.floating("points", points)
+    if points.dim() != 2 or points.shape[1] != 2:
+        raise ValueError(f"points must have shape (N, 2), got {tuple(points.shape)}")
+    if ax is None:
+        ax = Figure(figsize=(3.2, 3.2)).subplots()
+    pts = points.detach().cpu().numpy()
+    if labels is None:
+        ax.scatter(pts[:, 0], pts[:, 1], s=s)
+    else:
+        ax.scatter(pts[:, 0], pts[:, 1], c=torch.as_tensor(labels).cpu().numpy(), s=s, cmap="tab10", vmin=0, vmax=9)
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def show(fig: Figure):
+    """Display a Figure made with matplotlib.figure.Figure (not pyplot) in a notebook."""
+    from IPython.display import display
+
+    display(fig)
+
+
+def figure_to_png(fig: Figure, dpi: int = 80) -> bytes:
+    """Render a Figure to PNG bytes (and free it)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()

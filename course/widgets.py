@@ -1,0 +1,115 @@
+"""Widgets for lectures: a timestep scrubber over frames rendered once and cached."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import ipywidgets as widgets
+from matplotlib.figure import Figure
+from tqdm.auto import tqdm
+
+from .plotting import figure_to_png
+
+
+class TimestepScrubber:
+    """An IntSlider with Play over precomputed frames.
+
+    ``frames`` is any sequence (tensors, tuples...); ``render(frame, index)`` returns a
+    matplotlib Figure. Every frame is rendered to PNG once, when the scrubber is built,
+    so moving the slider only swaps an image: it reacts at once in a live demo.
+    ``labels`` names each frame on the slider's readout (for example its timestep).
+    """
+
+    def __init__(self, frames: Sequence, render: Callable[[object, int], Figure], labels=None,
+                 description: str = "frame", interval_ms: int = 150, dpi: int = 72):
+        if len(frames) == 0:
+            raise ValueError("frames must hold at least one frame")
+        if labels is not None and len(labels) != len(frames):
+            raise ValueError(f"labels has {len(labels)} entries for {len(frames)} frames")
+        self.frames = list(frames)
+        self.labels = [str(label) for label in labels] if labels is not None else None
+        self.render_count = 0
+        self.pngs = []
+        for i, frame in enumerate(tqdm(self.frames, desc="rendering frames", leave=False,
+                                       disable=len(self.frames) < 10)):
+            self.pngs.append(figure_to_png(render(frame, i), dpi=dpi))
+            self.render_count += 1
+        last = len(self.frames) - 1
+        self.slider = widgets.IntSlider(value=0, min=0, max=last, description=description,
+                                        continuous_update=True, readout=self.labels is None)
+        self.play = widgets.Play(value=0, min=0, max=last, interval=interval_ms, description="play")
+        widgets.jslink((self.play, "value"), (self.slider, "value"))
+        self.readout = widgets.Label()
+        self.image = widgets.Image(format="png")
+        self.slider.observe(self._on_change, names="value")
+        self.show_frame(0)
+        self.widget = widgets.VBox([widgets.HBox([self.play, self.slider, self.readout]), self.image])
+
+    @property
+    def index(self) -> int:
+        return self.slider.value
+
+    def _on_change(self, change):
+        self.show_frame(change["new"])
+
+    def show_frame(self, index: int):
+        """Swap in frame ``index`` (no rendering happens here)."""
+        self.image.value = self.pngs[index]
+        if self.labels is not None:
+            self.readout.value = self.labels[index]
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def forward_process_scrubber(x_0, schedule, timesteps, seed: int = 0) -> TimestepScrubber:
+    """Scrub x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps over ``timesteps``.
+
+    ``x_0`` is one image (C, H, W) in [-1, 1] or a point cloud (N, 2). Each frame shows x_t,
+    the histogram of its values against N(0, 1), and where t sits on the alpha_bar and SNR curves.
+    """
+    import numpy as np
+
+    from . import forward, validate
+    from .plotting import scatter2d, to_display
+
+    x_0 = validate.floating("x_0", x_0)
+    points = x_0.dim() == 2 and x_0.shape[1] == 2
+    if not points and not (x_0.dim() == 3 and x_0.shape[0] in (1, 3)):
+        raise ValueError(f"x_0 must be one image (C, H, W) or points (N, 2), got shape {tuple(x_0.shape)}")
+    ts = [int(validate.timesteps("timesteps", t, schedule.T)[0]) for t in timesteps]
+    batch = x_0 if points else x_0[None]
+    frames = [x.squeeze(0) if not points else x for x in forward.trajectory(schedule, batch, ts, seed)]
+    alpha_bar, snr = schedule.alpha_bar.numpy(), schedule.snr.numpy()
+    gauss_x = np.linspace(-4, 4, 200)
+    gauss_y = np.exp(-gauss_x ** 2 / 2) / np.sqrt(2 * np.pi)
+
+    def render(x_t, i):
+        t = ts[i]
+        fig = Figure(figsize=(9, 2.8))
+        ax_img, ax_hist, ax_curve = fig.subplots(1, 3)
+        if points:
+            scatter2d(x_t, ax=ax_img, title=f"x_t at t = {t}", lim=4)
+        else:
+            img = to_display(x_t)[0]
+            ax_img.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+            ax_img.set_axis_off()
+            ax_img.set_title(f"x_t at t = {t}")
+        ax_hist.hist(x_t.flatten().numpy(), bins=60, range=(-4, 4), density=True, color="tab:blue", alpha=0.7)
+        ax_hist.plot(gauss_x, gauss_y, "k--", lw=1, label="N(0, 1)")
+        ax_hist.set_ylim(0, 1.2)
+        ax_hist.set_title("values of x_t")
+        ax_hist.legend(fontsize=7, loc="upper right")
+        ax_curve.plot(alpha_bar, color="tab:blue")
+        ax_curve.set_ylabel("alpha_bar_t", color="tab:blue")
+        ax_snr = ax_curve.twinx()
+        ax_snr.semilogy(snr, color="tab:orange")
+        ax_snr.set_ylabel("SNR(t)", color="tab:orange")
+        ax_curve.axvline(t, color="k", lw=1)
+        ax_curve.set_title(f"alpha_bar = {alpha_bar[t]:.3g}, SNR = {snr[t]:.3g}", fontsize=9)
+        ax_curve.set_xlabel("t")
+        fig.tight_layout()
+        return fig
+
+    return TimestepScrubber(frames, render, labels=[f"t = {t}" for t in ts], description="t")

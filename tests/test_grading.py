@@ -1,0 +1,165 @@
+"""The release and grading pipeline, on the real notebooks and on a tiny one made here."""
+import json
+import re
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from course import grading
+from conftest import NOTEBOOKS, error_cells, execute_notebook, read
+
+GRADED = [p for p in NOTEBOOKS if grading.check_cells(read(p))]
+
+
+def solution_lines(nb):
+    lines = []
+    for cell in nb.cells:
+        if grading.is_solution_cell(cell):
+            inside = False
+            for line in cell.source.splitlines():
+                if line.strip() == grading.BEGIN:
+                    inside = True
+                elif line.strip() == grading.END:
+                    inside = False
+                elif inside and line.strip():
+                    lines.append(line.strip())
+    return lines
+
+
+def test_strip_solution_keeps_indentation_and_rejects_broken_markers():
+    src = "def f(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION\n"
+    assert grading.strip_solution(src) == "def f(x):\n    # YOUR CODE HERE\n    raise NotImplementedError()"
+    with pytest.raises(ValueError, match="without"):
+        grading.strip_solution("### BEGIN SOLUTION\nx = 1\n")
+
+
+def test_every_exercise_has_a_check_and_points():
+    assert GRADED, "no notebook has graded exercises"
+    for path in GRADED:
+        nb = read(path)
+        exercises = {grading._meta(c)["grade_id"] for c in nb.cells if grading.is_solution_cell(c)}
+        checked = {grading._meta(c)["exercise"] for c in grading.check_cells(nb)}
+        assert exercises == checked, path.name
+        assert all(grading._meta(c)["points"] > 0 for c in grading.check_cells(nb))
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory):
+    target = tmp_path_factory.mktemp("release")
+    grading.release(target_dir=target)
+    return target
+
+
+def test_release_removes_every_solution_and_output(released):
+    for path in NOTEBOOKS:
+        student = released / path.name
+        text = student.read_text()
+        nb = read(student)
+        for line in solution_lines(read(path)):
+            assert line not in text, f"{path.name} leaks solution line {line!r}"
+        assert not any(grading.has_solution_block(c.source) for c in nb.cells)
+        assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", GRADED, ids=lambda p: p.name)
+def test_released_notebook_fails_exactly_at_its_check_cells(path, released):
+    nb = execute_notebook(read(released / path.name), path.parent)
+    checks = [i for i, c in enumerate(nb.cells) if grading.is_check_cell(c)]
+    assert error_cells(nb) == checks
+    for i in checks:
+        assert "not implemented yet" in "".join(o.get("evalue", "") for o in nb.cells[i].outputs)
+
+
+def _paste_solutions(student, instructor):
+    solutions = {grading._meta(c)["grade_id"]: c.source for c in instructor.cells if grading.is_solution_cell(c)}
+    for cell in student.cells:
+        if grading.is_solution_cell(cell):
+            cell.source = solutions[grading._meta(cell)["grade_id"]]
+    return student
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", GRADED, ids=lambda p: p.name)
+def test_reference_solutions_pasted_back_get_full_marks(path, released, tmp_path):
+    student = _paste_solutions(read(released / path.name), read(path))
+    submitted = tmp_path / path.name
+    nbformat.write(student, submitted)
+    report = grading.grade(submitted, path)
+    assert report["points"] == report["max_points"] > 0, report
+    assert json.loads((tmp_path / (path.stem + ".grade.json")).read_text())["points"] == report["points"]
+
+
+@pytest.mark.slow
+def test_one_wrong_exercise_loses_exactly_its_points_and_edited_checks_do_not_help(released, tmp_path):
+    path = next(p for p in GRADED if p.name.startswith("02"))
+    student = _paste_solutions(read(released / path.name), read(path))
+    for cell in student.cells:
+        if grading._meta(cell).get("grade_id") == "q_posterior":  # a wrong variance
+            cell.source = cell.source.replace("variance = (1 - alpha_bar_prev) / (1 - alpha_bar) * betas",
+                                              "variance = betas")
+            assert "variance = betas" in cell.source
+        if grading._meta(cell).get("grade_id") == "check_q_posterior":  # a student "fixes" the check
+            cell.source = "print('all good')"
+    submitted = tmp_path / path.name
+    nbformat.write(student, submitted)
+    report = grading.grade(submitted, path)
+    by_id = {e["grade_id"]: e for e in report["exercises"]}
+    assert by_id["check_q_posterior"]["points"] == 0 and by_id["check_q_posterior"]["status"] == "failed"
+    assert "variance differs" in by_id["check_q_posterior"]["message"]
+    assert by_id["check_q_sample"]["points"] == by_id["check_q_sample"]["max_points"]
+    assert report["points"] == report["max_points"] - by_id["check_q_posterior"]["max_points"]
+
+
+def _tiny_course(tmp_path, answer_source):
+    """A two-exercise instructor notebook and a student copy whose first answer is answer_source."""
+    def exercise(grade_id, body):
+        cell = new_code_cell(f"def {grade_id}(x):\n    ### BEGIN SOLUTION\n    {body}\n    ### END SOLUTION")
+        cell.metadata["nbgrader"] = {"solution": True, "grade": False, "grade_id": grade_id}
+        return cell
+
+    def check(grade_id, call, points):
+        cell = new_code_cell(f"assert {call}, 'wrong'")
+        cell.metadata["nbgrader"] = {"grade": True, "solution": False, "grade_id": f"check_{grade_id}",
+                                     "exercise": grade_id, "points": points}
+        return cell
+
+    instructor = new_notebook(cells=[exercise("double", "return 2 * x"), check("double", "double(3) == 6", 2),
+                                     exercise("square", "return x * x"), check("square", "square(3) == 9", 3)])
+    instructor.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    (tmp_path / "instructor").mkdir()
+    nbformat.write(instructor, tmp_path / "instructor" / "tiny.ipynb")
+    student = grading.release_notebook(instructor)
+    student.cells[0].source = f"def double(x):\n    {answer_source}"
+    student.cells[2].source = "def square(x):\n    return x * x"
+    nbformat.write(student, tmp_path / "tiny.ipynb")
+    return tmp_path / "tiny.ipynb", tmp_path / "instructor" / "tiny.ipynb"
+
+
+@pytest.mark.slow
+def test_an_infinite_loop_scores_zero_and_grading_finishes(tmp_path):
+    student, instructor = _tiny_course(tmp_path, "while True:\n        pass")
+    report = grading.grade(student, instructor, timeout=5)
+    by_id = {e["grade_id"]: e for e in report["exercises"]}
+    assert by_id["check_double"]["status"] == "timeout" and by_id["check_double"]["points"] == 0
+    assert by_id["check_square"]["status"] == "passed" and report["points"] == 3
+
+
+@pytest.mark.slow
+def test_deleted_check_is_restored_and_cli_prints_a_table(tmp_path, capsys):
+    student, instructor = _tiny_course(tmp_path, "return x + x")
+    nb = read(student)
+    nb.cells = [c for c in nb.cells if grading._meta(c).get("grade_id") != "check_square"]
+    nb.cells[-1].source = "def square(x):\n    return x + 1"  # wrong, and its check was deleted
+    nbformat.write(nb, student)
+    assert grading.main(["grade", str(student), "--instructor", str(instructor)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"check_double\s+2 / 2\s+passed", out)
+    assert re.search(r"check_square\s+0 / 3\s+failed", out)
+    assert re.search(r"total\s+2 / 5", out)
+
+
+def test_grade_reports_a_missing_notebook(tmp_path, capsys):
+    assert grading.main(["grade", str(tmp_path / "nope.ipynb")]) == 2
+    assert "no student notebook" in capsys.readouterr().err

@@ -1,0 +1,48 @@
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from course import datasets
+from course.schedules import linear_schedule
+from course.widgets import TimestepScrubber, forward_process_scrubber
+
+
+def _render(frame, i):
+    fig = Figure(figsize=(1, 1))
+    fig.subplots().imshow(frame.numpy(), vmin=0, vmax=4)
+    return fig
+
+
+def test_scrubber_renders_each_frame_once_and_swaps_images():
+    frames = [torch.full((4, 4), float(i)) for i in range(5)]
+    scrubber = TimestepScrubber(frames, _render, labels=[f"t = {i}" for i in range(5)])
+    assert scrubber.render_count == 5 and len(set(scrubber.pngs)) == 5
+    for i in (3, 1, 4, 0, 3):
+        scrubber.slider.value = i
+        assert scrubber.image.value == scrubber.pngs[i]
+        assert scrubber.readout.value == f"t = {i}"
+    assert scrubber.render_count == 5  # moving the slider rendered nothing new
+
+
+def test_scrubber_rejects_bad_input():
+    with pytest.raises(ValueError, match="at least one frame"):
+        TimestepScrubber([], _render)
+    with pytest.raises(ValueError, match="labels has 1 entries for 2 frames"):
+        TimestepScrubber([torch.zeros(2, 2)] * 2, _render, labels=["a"])
+
+
+def test_forward_process_scrubber_over_image_and_points():
+    schedule = linear_schedule()
+    image = datasets.digits()[0][0]
+    scrubber = forward_process_scrubber(image, schedule, [0, 500, 999])
+    assert len(scrubber.pngs) == 3 and scrubber.labels == ["t = 0", "t = 500", "t = 999"]
+    assert torch.equal(scrubber.frames[0], scrubber.frames[0])
+    # frame 0 is x_t at t = 0: nearly the image; the last frame is nearly pure noise
+    assert (scrubber.frames[0] - image).abs().max() < 0.05
+    assert (scrubber.frames[-1] - image).abs().mean() > 0.5
+    points = forward_process_scrubber(datasets.two_moons(n=300)[0], schedule, [0, 999])
+    assert points.frames[1].shape == (300, 2)
+    with pytest.raises(ValueError, match="timesteps must lie in"):
+        forward_process_scrubber(image, schedule, [0, 1000])
+    with pytest.raises(ValueError, match="one image"):
+        forward_process_scrubber(torch.randn(2, 1, 8, 8), schedule, [0])
