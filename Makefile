@@ -12,7 +12,7 @@ LAB_TOKEN ?=
 KERNEL_NAME ?= diffusion-workbook
 NB ?=
 
-.PHONY: lab test venv kernel release grade clean help
+.PHONY: lab test venv kernel release grade checkpoints clean help
 
 help:
 	@echo "make lab      set up .venv, register the kernel, start JupyterLab on notebooks/00_start_here.ipynb"
@@ -20,6 +20,7 @@ help:
 	@echo "make test     set up .venv and run unit tests, nbval on every notebook, release and grading tests"
 	@echo "make release  write student notebooks (solutions removed, outputs cleared) to release/"
 	@echo "make grade NB=release/02_forward_reverse.ipynb   grade one student notebook"
+	@echo "make checkpoints  retrain every shipped checkpoint from its recipe (slow: run it in the background)"
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +49,9 @@ release: venv
 grade: venv
 	@test -n "$(NB)" || (echo "usage: make grade NB=path/to/student_notebook.ipynb" && exit 2)
 	$(PY) -m course.grading grade $(NB)
+
+checkpoints: venv
+	$(PY) -m course.train all
 
 clean:
 	rm -rf release .pytest_cache

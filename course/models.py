@@ -1,0 +1,76 @@
+"""The workbook's models, each built from a config: diffusers UNets for images, a small MLP for 2D data."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+NUM_DIGIT_CLASSES = 10
+NULL_LABEL = NUM_DIGIT_CLASSES  # the label that means "no class": classifier-free guidance's unconditional model
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Transformer positional encoding (Vaswani et al. 2017), reused as the diffusion timestep embedding.
+
+    Returns (len(t), dim): [cos(t w_i), sin(t w_i)] with w_i = max_period^(-i / (dim/2)).
+    """
+    if dim % 2:
+        raise ValueError(f"dim must be even, got {dim}")
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+class TimeMLP(nn.Module):
+    """eps_theta(x_t, t) for 2D points: an MLP on [x_t, sinusoidal(t)]."""
+
+    def __init__(self, dim: int = 2, hidden: int = 128, layers: int = 3, time_dim: int = 32):
+        super().__init__()
+        self.config = {"dim": dim, "hidden": hidden, "layers": layers, "time_dim": time_dim}
+        self.time_dim = time_dim
+        blocks, width = [], dim + time_dim
+        for _ in range(layers):
+            blocks += [nn.Linear(width, hidden), nn.SiLU()]
+            width = hidden
+        self.net = nn.Sequential(*blocks, nn.Linear(hidden, dim))
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t = t.reshape(-1).expand(x_t.shape[0]) if t.numel() == 1 else t
+        return self.net(torch.cat([x_t, sinusoidal_embedding(t, self.time_dim)], dim=1))
+
+
+def digits_unet_config() -> dict:
+    """The class-conditional digits UNet (16x16, 1 channel) of notebooks 03-07 and 11.
+
+    Self-attention sits at the lowest resolution (4x4), where PAG (notebook 07) perturbs it;
+    class label NULL_LABEL = 10 is the unconditional model, learned through label dropout.
+    """
+    return dict(sample_size=16, in_channels=1, out_channels=1, layers_per_block=1,
+                block_out_channels=(32, 64, 64),
+                down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+                num_class_embeds=NUM_DIGIT_CLASSES + 1, norm_num_groups=8, attention_head_dim=32)
+
+
+def build_digits_unet(config: dict | None = None):
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(**(config or digits_unet_config()))
+
+
+class DigitClassifier(nn.Module):
+    """A small CNN on 16x16 digits: scores class accuracy of samples, and its penultimate features serve FID."""
+
+    def __init__(self, width: int = 32, feature_dim: int = 64):
+        super().__init__()
+        self.config = {"width": width, "feature_dim": feature_dim}
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(2 * width * 16, feature_dim), nn.SiLU())
+        self.head = nn.Linear(feature_dim, NUM_DIGIT_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))

@@ -1,0 +1,85 @@
+"""Recipes run, checkpoints load only when verified, and the reverse step matches diffusers."""
+import json
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from course import checkpoints, models, sampling, train
+from course.schedules import linear_schedule
+
+
+@pytest.mark.parametrize("name", [n for n, r in train.RECIPES.items() if r.kind != "unet"])
+def test_small_recipes_run_a_few_steps_and_record_everything(name, tmp_path):
+    entry = train.run(name, steps=3, out=tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())[name]
+    for key in ("recipe", "seed", "steps", "wall_time_s", "final_loss", "quality", "size_bytes", "sha256"):
+        assert key in manifest, key
+    assert manifest["steps"] == 3 and entry["sha256"] == checkpoints.sha256(tmp_path / f"{name}.safetensors")
+
+
+def test_unet_recipe_trains_a_step_and_its_model_has_attention_and_a_null_label(tmp_path, monkeypatch):
+    monkeypatch.setitem(train.RECIPES["digits_unet"].options, "eval_per_class", 1)
+    monkeypatch.setattr(train, "unet_class_accuracy", lambda *a, **k: {"class_accuracy": None})
+    entry = train.run("digits_unet", steps=1, out=tmp_path)
+    assert entry["parameters"] < 2_000_000 and entry["size_bytes"] < 6_000_000
+    unet = models.build_digits_unet()
+    assert any("attentions" in name for name, _ in unet.named_modules())
+    assert unet.config.num_class_embeds == models.NULL_LABEL + 1
+
+
+def test_loading_verifies_the_sha256_and_says_how_to_rebuild(tmp_path):
+    train.run("digit_classifier", steps=2, out=tmp_path)
+    assert isinstance(train.load_classifier(tmp_path), models.DigitClassifier)
+    path = tmp_path / "digit_classifier.safetensors"
+    path.write_bytes(path.read_bytes()[:-1] + b"\0")
+    with pytest.raises(checkpoints.CheckpointError, match=r"corrupt.*python -m course.train digit_classifier"):
+        train.load_classifier(tmp_path)
+    path.unlink()
+    with pytest.raises(checkpoints.CheckpointError, match=r"missing.*python -m course.train digit_classifier"):
+        train.load_classifier(tmp_path)
+    with pytest.raises(checkpoints.CheckpointError, match="no manifest entry"):
+        train.load_digits_unet(tmp_path)
+
+
+def test_shipped_checkpoints_match_their_manifest():
+    manifest = checkpoints.read_manifest()
+    for name, entry in manifest.items():
+        path = checkpoints.CHECKPOINT_DIR / entry["file"]
+        assert path.stat().st_size == entry["size_bytes"] < 5_000_000, name
+        checkpoints.load_state(name)  # raises if the sha256 does not match
+
+
+def test_unknown_recipe_is_a_clear_error(capsys):
+    assert train.main(["no_such_recipe"]) == 2
+    assert "unknown recipe 'no_such_recipe'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("t", [0, 1, 10, 500, 999])
+def test_ddpm_step_matches_diffusers_step(t):
+    scheduler = DDPMScheduler(clip_sample=False)
+    scheduler.alphas_cumprod = torch.cumprod(1 - scheduler.betas.double(), 0)  # same precision as ours
+    scheduler.one = torch.tensor(1.0, dtype=torch.float64)
+    x_t, eps = torch.randn(4, 1, 8, 8, dtype=torch.float64), torch.randn(4, 1, 8, 8, dtype=torch.float64)
+    theirs = scheduler.step(eps, t, x_t, generator=torch.Generator().manual_seed(3)).prev_sample
+    z = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert torch.allclose(sampling.ddpm_step(linear_schedule(), eps, x_t, t, noise=z), theirs, atol=1e-5)
+
+
+def test_ddpm_sample_with_the_exact_eps_of_a_point_mass_recovers_it():
+    schedule, target = linear_schedule(), torch.tensor([[0.7, -0.3]])
+
+    def exact_eps(x_t, t):  # data = a single point: eps is known exactly
+        ab = schedule.alpha_bar[t].float().reshape(-1, 1)
+        return (x_t - ab.sqrt() * target) / (1 - ab).sqrt()
+
+    x_0, frames = sampling.ddpm_sample(exact_eps, schedule, (64, 2), seed=0, keep=(500,), progress=False)
+    assert torch.allclose(x_0, target.expand(64, 2), atol=1e-3)
+    assert set(frames) == {500}
+
+
+def test_sinusoidal_embedding_shape_and_bad_dim():
+    emb = models.sinusoidal_embedding(torch.arange(5), 16)
+    assert emb.shape == (5, 16) and torch.allclose(emb[0, :8], torch.ones(8))
+    with pytest.raises(ValueError, match="dim must be even"):
+        models.sinusoidal_embedding(torch.arange(5), 15)
