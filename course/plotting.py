@@ -41,7 +41,8 @@ def image_grid(images, titles=None, ncols: int = 8, size: float = 1.2, title: st
                 ax.set_title(str(titles[i]), fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    if hasattr(fig, "tight_layout"):  # a SubFigure has none; its parent lays it out
+        fig.tight_layout()
     return fig
 
 

@@ -38,7 +38,8 @@ def ddpm_sample(eps_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     """Run Algorithm 2 from x_{T-1} ~ N(0, I) down to x_0.
 
     ``eps_model(x_t, t)`` gets a (B,) long tensor of timesteps. Returns (x_0, frames) where ``frames``
-    maps each timestep in ``keep`` to (x_t, predicted x_0) for trajectory scrubbers.
+    maps each timestep in ``keep`` to (x_t, predicted x_0) for trajectory scrubbers; for images
+    (B, C, H, W) the predicted x_0 is clipped to the data range [-1, 1], for points it is not.
     """
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=gen)
@@ -47,6 +48,7 @@ def ddpm_sample(eps_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         t_batch = torch.full((shape[0],), t, dtype=torch.long)
         eps = eps_model(x, t_batch)
         if t in keep:
-            frames[t] = (x.clone(), forward.predict_x0_from_eps(schedule, x, t_batch, eps).clamp(-1, 1))
+            x0_pred = forward.predict_x0_from_eps(schedule, x, t_batch, eps)
+            frames[t] = (x.clone(), x0_pred.clamp(-1, 1) if len(shape) == 4 else x0_pred)
         x = ddpm_step(schedule, eps, x, t, noise=torch.randn(shape, generator=gen))
     return x, frames

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import checkpoints, datasets, forward, metrics, models, sampling
+from . import checkpoints, datasets, losses, metrics, models, sampling
 from .schedules import get_schedule
 
 
@@ -41,7 +41,7 @@ RECIPES = {
     "toy_gaussian_mixture": Recipe("toy_gaussian_mixture", "toy", 4000, 512, 2e-3,
                                    options={"dataset": "gaussian_mixture"}),
     "digit_classifier": Recipe("digit_classifier", "classifier", 1500, 128, 2e-3),
-    "digits_unet": Recipe("digits_unet", "unet", 6000, 128, 2e-3,
+    "digits_unet": Recipe("digits_unet", "unet", 3000, 128, 2e-3,
                           options={"label_dropout": 0.15, "ema": 0.999, "eval_per_class": 20}),
 }
 
@@ -50,27 +50,30 @@ def _loss_bar(recipe: Recipe, steps: int):
     return tqdm(range(steps), desc=recipe.name, mininterval=2, file=sys.stdout)
 
 
-def diffusion_loss(eps_model: Callable, schedule, x_0: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """L_simple = E ||eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t)||^2 (DDPM eq. 14)."""
-    t = torch.randint(0, schedule.T, (x_0.shape[0],), generator=gen)
-    eps = torch.randn(x_0.shape, generator=gen)
-    return F.mse_loss(eps_model(forward.q_sample(schedule, x_0, t, eps), t), eps)
+def fit_toy(model: torch.nn.Module, data: torch.Tensor, schedule, steps: int, batch_size: int = 512,
+            lr: float = 2e-3, seed: int = 0, desc: str = "training") -> list[float]:
+    """Train eps_theta on 2D points with L_simple (Algorithm 1); returns the loss of every step."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    history = []
+    bar = tqdm(range(steps), desc=desc, mininterval=1, file=sys.stdout)
+    for _ in bar:
+        batch = data[torch.randint(0, len(data), (batch_size,), generator=gen)]
+        loss = losses.random_l_simple(model, schedule, batch, gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    return history
 
 
 def train_toy(recipe: Recipe, steps: int):
     torch.manual_seed(recipe.seed)
-    gen = torch.Generator().manual_seed(recipe.seed)
     data, _ = datasets.toy_2d(recipe.options["dataset"], n=10_000, seed=recipe.seed)
     model, schedule = models.TimeMLP(), get_schedule("linear")
-    opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
-    bar = _loss_bar(recipe, steps)
-    for step in bar:
-        batch = data[torch.randint(0, len(data), (recipe.batch_size,), generator=gen)]
-        loss = diffusion_loss(model, schedule, batch, gen)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    history = fit_toy(model, data, schedule, steps, recipe.batch_size, recipe.lr, recipe.seed, desc=recipe.name)
+    loss = torch.tensor(history[-1])
     held_out, _ = datasets.toy_2d(recipe.options["dataset"], n=1000, seed=recipe.seed + 1)
     samples, _ = sampling.ddpm_sample(model, schedule, (1000, 2), seed=recipe.seed, progress=False)
     quality = {"energy_distance_to_held_out": round(metrics.energy_distance(samples, held_out), 5)}
@@ -113,7 +116,7 @@ def train_unet(recipe: Recipe, steps: int):
         idx = torch.randint(0, len(images), (recipe.batch_size,), generator=gen)
         y = labels[idx].clone()
         y[torch.rand(len(y), generator=gen) < recipe.options["label_dropout"]] = models.NULL_LABEL
-        loss = diffusion_loss(lambda x, t: model(x, t, class_labels=y).sample, schedule, images[idx], gen)
+        loss = losses.random_l_simple(lambda x, t: model(x, t, class_labels=y).sample, schedule, images[idx], gen)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -138,7 +141,9 @@ def unet_class_accuracy(unet, per_class: int, seed: int = 0) -> dict:
     samples, _ = sampling.ddpm_sample(lambda x, t: unet(x, t, class_labels=y).sample, get_schedule("linear"),
                                       (len(y), 1, 16, 16), seed=seed)
     accuracy = (classifier(samples.clamp(-1, 1)).argmax(1) == y).float().mean().item()
-    return {"class_accuracy": round(accuracy, 4), "samples_scored": len(y)}
+    real_accuracy = checkpoints.read_manifest()["digit_classifier"]["quality"]["test_accuracy"]
+    return {"class_accuracy": round(accuracy, 4), "samples_scored": len(y),
+            "real_data_accuracy": real_accuracy}
 
 
 TRAINERS = {"toy": train_toy, "classifier": train_classifier, "unet": train_unet}
@@ -155,7 +160,8 @@ def run(name: str, steps: int | None = None, out: Path | None = None) -> dict:
     record = {"recipe": asdict(recipe), "seed": recipe.seed, "steps": steps, "wall_time_s": round(wall, 1),
               "final_loss": round(final_loss, 5), "quality": quality,
               "parameters": sum(p.numel() for p in model.parameters()),
-              "config": getattr(model, "config", None) and dict(model.config), "torch": torch.__version__}
+              "config": getattr(model, "config", None) and dict(model.config), "torch": torch.__version__,
+              "threads": torch.get_num_threads()}
     entry = checkpoints.save_checkpoint(model, name, record, out or checkpoints.CHECKPOINT_DIR)
     print(f"{name}: {steps} steps in {wall:.0f} s, final loss {final_loss:.4f}, quality {quality}, "
           f"{entry['size_bytes'] / 1e6:.2f} MB, sha256 {entry['sha256'][:12]}")

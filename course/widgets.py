@@ -113,3 +113,34 @@ def forward_process_scrubber(x_0, schedule, timesteps, seed: int = 0) -> Timeste
         return fig
 
     return TimestepScrubber(frames, render, labels=[f"t = {t}" for t in ts], description="t")
+
+
+def reverse_process_scrubber(frames: dict, lim: float = 3.5, ncols: int = 5) -> TimestepScrubber:
+    """Scrub a DDPM reverse trajectory: x_t beside the model's predicted x_0, from t = T-1 down to 0.
+
+    ``frames`` maps t to (x_t, x0_pred), as returned by ``sampling.ddpm_sample(..., keep=...)``:
+    images (B, C, H, W) show as two grids, points (B, 2) as two scatter plots.
+    """
+    from .plotting import image_grid, scatter2d
+
+    if not frames:
+        raise ValueError("frames is empty: pass keep=(...) to sampling.ddpm_sample to record timesteps")
+    ts = sorted(frames, reverse=True)
+
+    def render(pair, i):
+        x_t, x0_pred = pair
+        t = ts[i]
+        if x_t.dim() == 2 and x_t.shape[1] == 2:
+            fig = Figure(figsize=(6.4, 3.2))
+            ax_t, ax_0 = fig.subplots(1, 2)
+            scatter2d(x_t, ax=ax_t, title=f"x_t at t = {t}", lim=lim)
+            scatter2d(x0_pred, ax=ax_0, title="predicted x_0", lim=lim)
+            fig.tight_layout()
+            return fig
+        fig = Figure(figsize=(min(len(x_t), ncols) * 1.1 * 2 + 0.4, 1.1 * -(-len(x_t) // ncols) + 0.5))
+        left, right = fig.subfigures(1, 2)
+        image_grid(x_t, ncols=ncols, size=1.0, title=f"x_t at t = {t}", fig=left)
+        image_grid(x0_pred, ncols=ncols, size=1.0, title="predicted x_0", fig=right)
+        return fig
+
+    return TimestepScrubber([frames[t] for t in ts], render, labels=[f"t = {t}" for t in ts], description="t")
