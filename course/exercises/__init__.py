@@ -11,3 +11,4 @@ from __future__ import annotations
 from .core import ExerciseFailed, call_student, compare, passed  # noqa: F401
 from .datasets import check_to_model_range  # noqa: F401
 from .forward import check_q_posterior, check_q_sample  # noqa: F401
+from .losses import check_ddpm_step, check_l_simple  # noqa: F401
