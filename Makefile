@@ -12,7 +12,7 @@ LAB_TOKEN ?=
 KERNEL_NAME ?= diffusion-workbook
 NB ?=
 
-.PHONY: lab test venv kernel release grade checkpoints clean help
+.PHONY: lab test venv kernel release grade checkpoints bench clean help
 
 help:
 	@echo "make lab      set up .venv, register the kernel, start JupyterLab on notebooks/00_start_here.ipynb"
@@ -21,6 +21,7 @@ help:
 	@echo "make release  write student notebooks (solutions removed, outputs cleared) to release/"
 	@echo "make grade NB=release/02_forward_reverse.ipynb   grade one student notebook"
 	@echo "make checkpoints  retrain every shipped checkpoint from its recipe (slow: run it in the background)"
+	@echo "make bench    run benchmarks/*.py: tables printed, figures saved in benchmarks/results/"
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +53,10 @@ grade: venv
 
 checkpoints: venv
 	$(PY) -m course.train all
+
+bench: venv
+	cd benchmarks && for script in fid_speed.py scrubber_latency.py notebook_times.py; do \
+		../$(PY) $$script || exit 1; done
 
 clean:
 	rm -rf release .pytest_cache

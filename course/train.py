@@ -100,7 +100,15 @@ def train_classifier(recipe: Recipe, steps: int):
     test_images, test_labels = datasets.digits("test")
     with torch.no_grad():
         accuracy = (model(test_images).argmax(1) == test_labels).float().mean().item()
-    return model, loss.item(), {"test_accuracy": round(accuracy, 4)}
+    return model, loss.item(), {"test_accuracy": round(accuracy, 4), **fid_floors(model)}
+
+
+def fid_floors(network) -> dict:
+    """FID of real training digits against the held-out ones, at each harness sample count: FID's baseline."""
+    from . import fid
+
+    return {f"fid_floor_{mode}_n{n}": round(fid.evaluate(datasets.digits("train")[0][:n], network=network)["fid_floor"], 4)
+            for mode, n in fid.SAMPLE_COUNTS.items()}
 
 
 def train_unet(recipe: Recipe, steps: int):
