@@ -11,6 +11,7 @@ which cannot be downloaded offline; notebook 11 says what that changes.
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -166,3 +167,40 @@ def score_sampler(sample_fn, mode: str = "fast", seed: int = 0, network=None) ->
     labels = torch.arange(10).repeat(SAMPLE_COUNTS[mode] // 10)
     samples = sample_fn(labels, seed)
     return {"mode": mode, **evaluate(samples, labels, seed, network)}
+
+
+def wasserstein_1d(u_values, v_values) -> float:
+    """Earth mover's distance W_1 between two 1D samples: the area between their CDFs (mass x distance moved)."""
+    u, v = np.sort(_as_float64("u_values", u_values).ravel()), np.sort(_as_float64("v_values", v_values).ravel())
+    if len(u) == 0 or len(v) == 0:
+        raise ValueError("both samples need at least one value")
+    grid = np.concatenate([u, v])
+    grid.sort()
+    widths = np.diff(grid)
+    cdf_u = np.searchsorted(u, grid[:-1], side="right") / len(u)
+    cdf_v = np.searchsorted(v, grid[:-1], side="right") / len(v)
+    return float(np.sum(np.abs(cdf_u - cdf_v) * widths))
+
+
+# --------------------------------------------------------------------------- the league table
+
+LEAGUE_TABLE = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "league_table.json"
+
+
+def read_league_table(path: Path = LEAGUE_TABLE) -> list[dict]:
+    """The rows written by benchmarks/league_table.py: one per sampler or setting, each with its floor."""
+    import json
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no league table at {path}; compute it with: python benchmarks/league_table.py "
+                                f"(or make bench)")
+    return json.loads(Path(path).read_text())["rows"]
+
+
+def format_league_table(rows: list[dict]) -> str:
+    lines = [f"{'sampler':<44} {'n':>4} {'FID':>8} {'floor':>7} {'class acc.':>10} {'diversity':>9}"]
+    for row in sorted(rows, key=lambda r: r["fid"]):
+        accuracy = f"{row['class_accuracy']:.1%}" if row.get("class_accuracy") is not None else "-"
+        lines.append(f"{row['sampler']:<44} {row['n']:>4} {row['fid']:>8.2f} {row['fid_floor']:>7.2f} "
+                     f"{accuracy:>10} {row['diversity']:>9.2f}")
+    return "\n".join(lines)

@@ -103,3 +103,58 @@ def test_score_sampler_is_seeded_and_checks_the_mode():
     assert first == second and first["n"] == 200 and first["class_accuracy"] > 0.9
     with pytest.raises(ValueError, match="mode must be one of"):
         fid.score_sampler(lookup_sampler, mode="slow")
+
+
+def test_wasserstein_1d_matches_scipy():
+    from scipy.stats import wasserstein_distance
+
+    rng = np.random.default_rng(0)
+    u, v = rng.standard_normal(300), rng.exponential(size=200) + 1
+    assert fid.wasserstein_1d(u, v) == pytest.approx(wasserstein_distance(u, v), rel=1e-12)
+    assert fid.wasserstein_1d([0.0], [3.0]) == pytest.approx(3.0)  # all the mass moves 3
+
+
+# --------------------------------------------------------------------------- notebook 11's checkers
+
+from course.exercises.fid import check_feature_statistics, check_frechet_distance  # noqa: E402
+from course.exercises import ExerciseFailed  # noqa: E402
+
+
+def stats_right(feats):
+    return feats.mean(0), np.cov(feats, rowvar=False)
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda f: (f.mean(0), np.cov(f, rowvar=False, bias=True)), "biased covariance"),
+    (lambda f: (f.mean(0), np.cov(f)), "between samples"),
+    (lambda f: (f.mean(0), f.T @ f / (len(f) - 1)), "subtract the mean"),
+    (lambda f: (f.mean(1), np.cov(f, rowvar=False)), "mu has shape"),
+    (lambda f: np.cov(f, rowvar=False), "tuple"),
+])
+def test_feature_statistics_checker(wrong, message, capsys):
+    check_feature_statistics(stats_right)
+    assert "feature_statistics: all" in capsys.readouterr().out
+    with pytest.raises(ExerciseFailed, match=message):
+        check_feature_statistics(wrong)
+
+
+def frechet_right(mu_1, s_1, mu_2, s_2):
+    return float(((mu_1 - mu_2) ** 2).sum() + np.trace(s_1 + s_2) - 2 * np.trace(scipy.linalg.sqrtm(s_1 @ s_2)).real)
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda m1, s1, m2, s2: frechet_right(m1, s1, m2, s2) + np.trace(scipy.linalg.sqrtm(s1 @ s2)).real, "factor 2"),
+    (lambda m1, s1, m2, s2: float(((m1 - m2) ** 2).sum() + np.trace(s1 + s2) - 2 * np.sqrt(np.trace(s1 @ s2))),
+     "not the square root of the trace"),
+    (lambda m1, s1, m2, s2: float(((m1 - m2) ** 2).sum() + np.trace(s1 + s2) - 2 * np.sqrt(np.abs(s1 * s2)).sum()),
+     "element-wise"),
+    (lambda m1, s1, m2, s2: frechet_right(m1, s1, m2, s2) - ((m1 - m2) ** 2).sum() + np.linalg.norm(m1 - m2),
+     "squared distance"),
+    (lambda m1, s1, m2, s2: complex(frechet_right(m1, s1, m2, s2)), "complex"),
+    (lambda m1, s1, m2, s2: [frechet_right(m1, s1, m2, s2)], "one number"),
+])
+def test_frechet_distance_checker(wrong, message, capsys):
+    check_frechet_distance(frechet_right)
+    assert "frechet_distance: all" in capsys.readouterr().out
+    with pytest.raises(ExerciseFailed, match=message):
+        check_frechet_distance(wrong)
