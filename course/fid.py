@@ -160,6 +160,17 @@ def evaluate(samples: torch.Tensor, labels: torch.Tensor | None = None, seed: in
     return report
 
 
+def real_digit_sampler(labels: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Not a model: real training digits of the asked-for classes, the best any sampler could do."""
+    from .datasets import digits
+
+    images, digit_labels = digits("train")
+    gen = torch.Generator().manual_seed(seed)
+    by_class = [torch.nonzero(digit_labels == y).flatten() for y in range(10)]
+    return torch.stack([images[by_class[y][torch.randint(0, len(by_class[y]), (1,), generator=gen)]][0]
+                        for y in labels.tolist()])
+
+
 def score_sampler(sample_fn, mode: str = "fast", seed: int = 0, network=None) -> dict:
     """Draw a fixed, seeded, class-balanced set of samples with ``sample_fn(labels, seed)`` and ``evaluate`` it."""
     if mode not in SAMPLE_COUNTS:
