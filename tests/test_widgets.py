@@ -46,3 +46,21 @@ def test_forward_process_scrubber_over_image_and_points():
         forward_process_scrubber(image, schedule, [0, 1000])
     with pytest.raises(ValueError, match="one image"):
         forward_process_scrubber(torch.randn(2, 1, 8, 8), schedule, [0])
+
+
+def test_reverse_process_scrubber_runs_from_noise_to_data_for_points_and_images():
+    from course import sampling, train
+    from course.widgets import reverse_process_scrubber
+
+    model = train.load_toy("swiss_roll")
+    _, frames = sampling.ddpm_sample(model, linear_schedule(), (200, 2), seed=0, keep=(999, 500, 0), progress=False)
+    scrubber = reverse_process_scrubber(frames)
+    assert scrubber.labels == ["t = 999", "t = 500", "t = 0"] and len(set(scrubber.pngs)) == 3
+    scrubber.slider.value = 2
+    assert scrubber.image.value == scrubber.pngs[2] and scrubber.readout.value == "t = 0"
+    x_t, x0_pred = scrubber.frames[2]
+    assert x0_pred.abs().max() > 1  # points are not clipped to [-1, 1]; images are
+    images = {999: (torch.randn(4, 1, 16, 16), torch.zeros(4, 1, 16, 16)), 0: (torch.zeros(4, 1, 16, 16),) * 2}
+    assert len(reverse_process_scrubber(images).pngs) == 2
+    with pytest.raises(ValueError, match="keep="):
+        reverse_process_scrubber({})
