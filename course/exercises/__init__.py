@@ -14,3 +14,4 @@ from .datasets import check_to_model_range  # noqa: F401
 from .forward import check_q_posterior, check_q_sample  # noqa: F401
 from .losses import check_ddpm_step, check_l_simple  # noqa: F401
 from .fid import check_feature_statistics, check_frechet_distance  # noqa: F401
+from .ddim import check_ddim_step  # noqa: F401
