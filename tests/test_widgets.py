@@ -64,3 +64,38 @@ def test_reverse_process_scrubber_runs_from_noise_to_data_for_points_and_images(
     assert len(reverse_process_scrubber(images).pngs) == 2
     with pytest.raises(ValueError, match="keep="):
         reverse_process_scrubber({})
+
+
+def test_ddim_explorer_samples_each_setting_once_and_renders_each_frame_once():
+    from course import sampling
+    from course.widgets import DDIMExplorer
+
+    schedule = linear_schedule()
+    x_T = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def sample(steps, eta, x_T):
+        return sampling.ddim_sample(lambda x, t: 0.1 * x, schedule, tuple(x_T.shape), steps=steps, eta=eta,
+                                    x_T=x_T, keep="all", progress=False)
+
+    explorer = DDIMExplorer(sample, x_T, steps_choices=(5, 10), eta_choices=(0.0, 1.0))
+    # it opens on the samples: after 5 of 5 steps
+    assert explorer.slider.max == 5 and explorer.readout.value == "after 5 of 5 steps: x_0"
+    last = explorer.image.value
+    explorer.slider.value = 0
+    first = explorer.image.value
+    assert first != last and explorer.readout.value == "after 0 of 5 steps: t = 999"
+    explorer.slider.value = 4
+    assert explorer.readout.value.endswith("t = 199")
+    explorer.slider.value = 5
+    explorer.steps.value = 10  # at the last step it stays at the last step of the new trajectory
+    assert explorer.slider.max == 10 and explorer.slider.value == 10 and explorer.readout.value.endswith("x_0")
+    explorer.eta.value = 1.0
+    explorer.steps.value = 5
+    explorer.eta.value = 0.0
+    assert explorer.sample_count == 4  # (5, 0), (10, 0), (10, 1), (5, 1): (5, 0) was not sampled again
+    assert explorer.image.value == explorer.pngs[(5, 0.0, 5)] == last
+    renders = explorer.render_count
+    explorer.slider.value = 0
+    assert explorer.render_count == renders and explorer.image.value == first
+    with pytest.raises(ValueError, match="at least one choice"):
+        DDIMExplorer(sample, x_T, steps_choices=())
