@@ -74,3 +74,36 @@ class DigitClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+class NoisyDigitClassifier(nn.Module):
+    """p_phi(y | x_t, t): a small CNN on noisy 16x16 digits x_t, told the timestep t (notebook 06's classifier guidance).
+
+    The sinusoidal embedding of t is mapped to a per-channel scale and shift of each conv block's features
+    (FiLM), so the same weights read a clean digit at t = 0 and a faint one under heavy noise at t = 900.
+    """
+
+    def __init__(self, width: int = 32, time_dim: int = 64, feature_dim: int = 64):
+        super().__init__()
+        self.config = {"width": width, "time_dim": time_dim, "feature_dim": feature_dim}
+        self.time_dim = time_dim
+        self.time_mlp = nn.Sequential(nn.Linear(time_dim, 2 * time_dim), nn.SiLU())
+        channels = (1, width, 2 * width, 2 * width)
+        self.convs = nn.ModuleList(nn.Conv2d(c_in, c_out, 3, padding=1) for c_in, c_out in zip(channels, channels[1:]))
+        self.films = nn.ModuleList(nn.Linear(2 * time_dim, 2 * c) for c in channels[1:])
+        self.norms = nn.ModuleList(nn.GroupNorm(8, c) for c in channels[1:])
+        self.pool = nn.MaxPool2d(2)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * 16, feature_dim), nn.SiLU(),
+                                  nn.Linear(feature_dim, NUM_DIGIT_CLASSES))
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t).reshape(-1)
+        t = t.expand(x_t.shape[0]) if t.numel() == 1 else t
+        emb = self.time_mlp(sinusoidal_embedding(t, self.time_dim).to(x_t.dtype))
+        h = x_t
+        for i, (conv, film, norm) in enumerate(zip(self.convs, self.films, self.norms)):
+            scale, shift = film(emb).chunk(2, dim=1)
+            h = nn.functional.silu(norm(conv(h)) * (1 + scale[:, :, None, None]) + shift[:, :, None, None])
+            if i < 2:  # 16x16 -> 8x8 -> 4x4
+                h = self.pool(h)
+        return self.head(h)

@@ -27,7 +27,7 @@ from .schedules import get_schedule
 @dataclass
 class Recipe:
     name: str
-    kind: str  # "toy", "classifier" or "unet"
+    kind: str  # "toy", "classifier", "unet" or "noisy_classifier"
     steps: int
     batch_size: int
     lr: float
@@ -43,6 +43,8 @@ RECIPES = {
     "digit_classifier": Recipe("digit_classifier", "classifier", 1500, 128, 2e-3),
     "digits_unet": Recipe("digits_unet", "unet", 3000, 128, 2e-3,
                           options={"label_dropout": 0.15, "ema": 0.999, "eval_per_class": 20}),
+    "noisy_digit_classifier": Recipe("noisy_digit_classifier", "noisy_classifier", 3000, 128, 3e-3,
+                                     options={"width": 24, "eval_t": [0, 250, 500, 750, 900, 999]}),
 }
 
 
@@ -154,7 +156,51 @@ def unet_class_accuracy(unet, per_class: int, seed: int = 0) -> dict:
             "real_data_accuracy": real_accuracy}
 
 
-TRAINERS = {"toy": train_toy, "classifier": train_classifier, "unet": train_unet}
+def noisy_accuracy(model, schedule, timesteps, seed: int = 0) -> dict:
+    """Accuracy of p_phi(y | x_t, t) on held-out digits noised to each t (fixed, seeded noise)."""
+    from . import forward
+
+    images, labels = datasets.digits("test")
+    gen = torch.Generator().manual_seed(seed)
+    result = {}
+    with torch.no_grad():
+        for t in timesteps:
+            t_batch = torch.full((len(images),), int(t), dtype=torch.long)
+            x_t = forward.q_sample(schedule, images, t_batch, torch.randn(images.shape, generator=gen))
+            result[f"test_accuracy_t{t}"] = round((model(x_t, t_batch).argmax(1) == labels).float().mean().item(), 4)
+    return result
+
+
+def train_noisy_classifier(recipe: Recipe, steps: int):
+    """Cross-entropy on x_t = q_sample(x_0, t, eps) with t uniform in [0, T): a classifier for classifier guidance."""
+    from . import forward
+
+    torch.manual_seed(recipe.seed)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    images, labels = datasets.digits("train")
+    schedule = get_schedule("linear")
+    model = models.NoisyDigitClassifier(width=recipe.options["width"])
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    bar = _loss_bar(recipe, steps)
+    for step in bar:
+        idx = torch.randint(0, len(images), (recipe.batch_size,), generator=gen)
+        shift = torch.randint(-1, 2, (2,), generator=gen).tolist()
+        x_0 = torch.roll(images[idx], shifts=shift, dims=(2, 3))
+        t = torch.randint(0, schedule.T, (recipe.batch_size,), generator=gen)
+        x_t = forward.q_sample(schedule, x_0, t, torch.randn(x_0.shape, generator=gen))
+        loss = F.cross_entropy(model(x_t, t), labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    model.eval()
+    return model, loss.item(), noisy_accuracy(model, schedule, recipe.options["eval_t"], recipe.seed)
+
+
+TRAINERS = {"toy": train_toy, "classifier": train_classifier, "unet": train_unet,
+            "noisy_classifier": train_noisy_classifier}
 
 
 def run(name: str, steps: int | None = None, out: Path | None = None) -> dict:
@@ -188,6 +234,14 @@ def load_classifier(directory: Path | None = None) -> models.DigitClassifier:
 def load_digits_unet(directory: Path | None = None):
     state, entry = checkpoints.load_state("digits_unet", directory or checkpoints.CHECKPOINT_DIR)
     model = models.build_digits_unet()
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def load_noisy_classifier(directory: Path | None = None) -> models.NoisyDigitClassifier:
+    """The shipped time-dependent classifier p_phi(y | x_t, t) of notebook 06 (sha256-verified)."""
+    state, entry = checkpoints.load_state("noisy_digit_classifier", directory or checkpoints.CHECKPOINT_DIR)
+    model = models.NoisyDigitClassifier(**entry["config"])
     model.load_state_dict(state)
     return model.eval()
 

@@ -1,0 +1,363 @@
+"""Classifier guidance and classifier-free guidance (notebook 06).
+
+Classifier guidance (Dhariwal and Nichol 2021, Algorithm 2 in eps form): a classifier p_phi(y | x_t, t) trained on
+noisy images steers an eps-model towards class y,
+
+    eps_tilde(x_t) = eps(x_t) - w sqrt(1 - alpha_bar_t) grad_x log p_phi(y | x_t, t).
+
+Classifier-free guidance (Ho and Salimans 2022, eq. 6): one model trained with label dropout predicts both
+eps(x_t, c) and eps(x_t, null), and
+
+    eps_tilde = (1 + w) eps(x_t, c) - w eps(x_t, null) = eps(x_t, null) + lambda (eps(x_t, c) - eps(x_t, null)),
+
+with lambda = 1 + w (the form diffusers calls ``guidance_scale``). By Bayes, p(c | x_t) is proportional to
+p(x_t | c) / p(x_t), so eps(x_t, c) - eps(x_t, null) = -sqrt(1 - alpha_bar_t) grad log p(c | x_t): CFG is
+classifier guidance with the model's own implicit classifier. A negative label replaces null by a label to avoid.
+
+w = 0 (lambda = 1) is the plain conditional model. Both predictions come out of ONE forward pass on a batch of
+twice the size, as diffusers' pipelines do.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+
+from . import sampling, validate
+from .models import NULL_LABEL, NUM_DIGIT_CLASSES
+from .schedules import NoiseSchedule, linear_schedule
+
+
+# --------------------------------------------------------------------------- the CFG combination
+
+def cfg_combine(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, w) -> torch.Tensor:
+    """(1 + w) eps(x_t, c) - w eps(x_t, null): Ho and Salimans eq. 6. w = 0 is the conditional model.
+
+    ``w`` is a number or a (B,) tensor of per-sample scales.
+    """
+    eps_cond, eps_uncond = validate.floating("eps_cond", eps_cond), validate.floating("eps_uncond", eps_uncond)
+    validate.same_shape("eps_cond", eps_cond, "eps_uncond", eps_uncond)
+    w = _scale("w", w, eps_cond)
+    return (1 + w) * eps_cond - w * eps_uncond
+
+
+def cfg_combine_lambda(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, lam) -> torch.Tensor:
+    """eps(x_t, null) + lambda (eps(x_t, c) - eps(x_t, null)): inter- (lambda < 1) or extrapolation (lambda > 1).
+
+    The same as ``cfg_combine`` with lambda = 1 + w; diffusers' ``guidance_scale`` is this lambda.
+    """
+    eps_cond, eps_uncond = validate.floating("eps_cond", eps_cond), validate.floating("eps_uncond", eps_uncond)
+    validate.same_shape("eps_cond", eps_cond, "eps_uncond", eps_uncond)
+    lam = _scale("lam", lam, eps_cond)
+    return eps_uncond + lam * (eps_cond - eps_uncond)
+
+
+def _scale(name: str, value, like: torch.Tensor) -> torch.Tensor:
+    """A guidance scale as a tensor that broadcasts against ``like``: a number, or one value per sample."""
+    value = validate.as_tensor(name, value)
+    if value.dtype == torch.bool or not (value.is_floating_point() or value.dtype in (torch.int32, torch.int64)):
+        raise ValueError(f"{name} must be a number or a tensor of numbers, got dtype {value.dtype}")
+    if value.dim() == 0:
+        return value.to(like.dtype)
+    if value.shape != (like.shape[0],):
+        raise ValueError(f"{name} must be a number or have shape ({like.shape[0]},), one per sample, "
+                         f"got shape {tuple(value.shape)}")
+    return validate.broadcast_to_batch(value, like).to(like.dtype)
+
+
+# --------------------------------------------------------------------------- labels
+
+def as_labels(labels, batch: int | None = None, name: str = "labels") -> torch.Tensor:
+    """Class labels as a (B,) long tensor in 0..NULL_LABEL; None means the null label, an int is repeated."""
+    if labels is None:
+        if batch is None:
+            raise ValueError(f"{name}: give the batch size when the label is None (the null label)")
+        return torch.full((batch,), NULL_LABEL, dtype=torch.long)
+    labels = validate.as_tensor(name, labels)
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer class labels 0..{NULL_LABEL}, got dtype {labels.dtype}")
+    labels = labels.long().reshape(-1) if labels.dim() == 0 else labels.long()
+    if labels.dim() != 1:
+        raise ValueError(f"{name} must be an int or a 1-D tensor of labels, got shape {tuple(labels.shape)}")
+    if batch is not None and len(labels) != batch:
+        if len(labels) != 1:
+            raise ValueError(f"{name} has {len(labels)} labels but the batch has {batch} samples")
+        labels = labels.expand(batch)
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) > NULL_LABEL):
+        raise ValueError(f"{name} must lie in 0..{NULL_LABEL} ({NULL_LABEL} = the null label), "
+                         f"got {int(labels[(labels < 0) | (labels > NULL_LABEL)][0])}")
+    return labels
+
+
+def drop_labels(labels: torch.Tensor, p: float, generator: torch.Generator | None = None,
+                null_label: int = NULL_LABEL) -> torch.Tensor:
+    """Label dropout for CFG training: each label becomes the null label with probability p (a new tensor).
+
+    Ho and Salimans Algorithm 1, line 3; the workbook's digits UNet was trained with p = 0.15.
+    """
+    labels = validate.as_tensor("labels", labels)
+    if labels.is_floating_point():
+        raise ValueError(f"labels must be integer class labels, got dtype {labels.dtype}")
+    if not 0 <= p <= 1:
+        raise ValueError(f"p must be a probability in [0, 1], got {p}")
+    dropped = labels.clone()
+    dropped[torch.rand(labels.shape, generator=generator) < p] = null_label
+    return dropped
+
+
+# --------------------------------------------------------------------------- guided eps-models
+
+def cfg_predictions(unet, x_t: torch.Tensor, t: torch.Tensor, labels, negative_labels=None):
+    """(eps(x_t, c), eps(x_t, c_neg)) from ONE forward pass on [x_t, x_t]; c_neg is the null label by default."""
+    batch = len(x_t)
+    y = as_labels(labels, batch)
+    y_neg = as_labels(negative_labels, batch, "negative_labels")
+    t = validate.timesteps("t", t, 1000, batch)
+    eps = unet(torch.cat([x_t, x_t]), torch.cat([t, t]), class_labels=torch.cat([y, y_neg])).sample
+    return eps.chunk(2)
+
+
+def cfg_eps_model(unet, labels, w: float, negative_labels=None) -> Callable:
+    """eps_model(x_t, t) for the samplers: CFG at scale w (``cfg_combine``), conditional and null in one pass.
+
+    ``negative_labels`` replaces the null label by a label to avoid (the negative prompt):
+    (1 + w) eps(x_t, c) - w eps(x_t, c_neg). ``labels=None`` is the null label, "any digit".
+    w = 0 with no negative label needs only the conditional pass, and takes it.
+    """
+    def eps_model(x_t, t):
+        if isinstance(w, (int, float)) and w == 0:
+            return unet(x_t, t, class_labels=as_labels(labels, len(x_t))).sample
+        eps_cond, eps_neg = cfg_predictions(unet, x_t, t, labels, negative_labels)
+        return cfg_combine(eps_cond, eps_neg, w)
+    return eps_model
+
+
+def classifier_log_prob_grad(classifier, x_t: torch.Tensor, t: torch.Tensor, labels) -> torch.Tensor:
+    """grad_x log p_phi(y | x_t, t) for a time-dependent classifier ``classifier(x_t, t) -> logits``."""
+    x_t = validate.floating("x_t", x_t)
+    y = as_labels(labels, len(x_t))
+    if int(y.max()) >= NULL_LABEL:
+        raise ValueError("classifier guidance needs a real class 0-9 for every sample, not the null label")
+    with torch.enable_grad():
+        x = x_t.detach().requires_grad_(True)
+        log_probs = torch.log_softmax(classifier(x, t), dim=1)
+        selected = log_probs[torch.arange(len(x)), y].sum()  # samples are independent: the sum's grad is per-sample
+        return torch.autograd.grad(selected, x)[0]
+
+
+def classifier_guided_eps(schedule: NoiseSchedule, eps: torch.Tensor, x_t: torch.Tensor, t, grad_log_prob,
+                          w: float) -> torch.Tensor:
+    """eps - w sqrt(1 - alpha_bar_t) grad_x log p_phi(y | x_t): Dhariwal and Nichol's guidance in eps form."""
+    eps, x_t = validate.floating("eps", eps), validate.floating("x_t", x_t)
+    grad_log_prob = validate.floating("grad_log_prob", grad_log_prob)
+    validate.same_shape("eps", eps, "x_t", x_t)
+    validate.same_shape("eps", eps, "grad_log_prob", grad_log_prob)
+    t = validate.timesteps("t", t, schedule.T, len(x_t))
+    sigma = schedule.at(torch.sqrt(1 - schedule.alpha_bar), t, x_t).to(eps.dtype)
+    return eps - _scale("w", w, eps) * sigma * grad_log_prob
+
+
+def classifier_guided_eps_model(eps_model: Callable, classifier, schedule: NoiseSchedule, labels,
+                                w: float) -> Callable:
+    """eps_model(x_t, t) guided towards ``labels`` by the gradient of a noisy classifier p_phi(y | x_t, t)."""
+    def guided(x_t, t):
+        eps = eps_model(x_t, t)
+        if isinstance(w, (int, float)) and w == 0:
+            return eps
+        grad = classifier_log_prob_grad(classifier, x_t, t, labels)
+        return classifier_guided_eps(schedule, eps, x_t, t, grad, w)
+    return guided
+
+
+# --------------------------------------------------------------------------- samplers for course.fid
+
+def cfg_sampler(w: float, steps: int = 20, negative_labels=None, unet=None, eta: float = 0.0,
+                batch_size: int = 250, progress: bool = False) -> Callable:
+    """fn(labels, seed) -> digits in [-1, 1]: DDIM (``steps`` steps, trailing) with CFG at scale w.
+
+    For ``course.fid.score_sampler`` and the league table. The noise x_T is drawn from ``seed`` for the whole
+    batch at once, so a sample does not depend on ``batch_size``.
+    """
+    from .train import load_digits_unet
+
+    unet = unet if unet is not None else load_digits_unet()
+    validate.positive_int("steps", steps)
+    schedule = linear_schedule()
+
+    def sample(labels, seed: int = 0):
+        labels = as_labels(labels)
+        x_T = torch.randn((len(labels), 1, 16, 16), generator=torch.Generator().manual_seed(seed))
+        negative = None if negative_labels is None else as_labels(negative_labels, len(labels), "negative_labels")
+        out = []
+        for start in range(0, len(labels), batch_size):
+            part = slice(start, start + batch_size)
+            x, _ = sampling.ddim_sample(
+                cfg_eps_model(unet, labels[part], w, None if negative is None else negative[part]), schedule,
+                tuple(x_T[part].shape), steps=steps, eta=eta, seed=seed + start, x_T=x_T[part], progress=progress)
+            out.append(x)
+        return torch.cat(out).clamp(-1, 1)
+    return sample
+
+
+def classifier_guided_sampler(w: float, steps: int = 20, classifier=None, unet=None, base_labels=None,
+                              progress: bool = False) -> Callable:
+    """fn(labels, seed) -> digits: the UNet guided by the noisy classifier's gradient towards ``labels``.
+
+    The UNet runs with the null label (the unconditional model), or with the labels when ``base_labels="class"``.
+    """
+    from .train import load_digits_unet, load_noisy_classifier
+
+    unet = unet if unet is not None else load_digits_unet()
+    classifier = classifier if classifier is not None else load_noisy_classifier()
+    schedule = linear_schedule()
+
+    def sample(labels, seed: int = 0):
+        labels = as_labels(labels)
+        base = labels if base_labels == "class" else None
+        eps_model = classifier_guided_eps_model(
+            lambda x, t: unet(x, t, class_labels=as_labels(base, len(x))).sample, classifier, schedule, labels, w)
+        x, _ = sampling.ddim_sample(eps_model, schedule, (len(labels), 1, 16, 16), steps=steps, seed=seed,
+                                    progress=progress)
+        return x.clamp(-1, 1)
+    return sample
+
+
+# --------------------------------------------------------------------------- the widget
+
+def grid_png(images: torch.Tensor, ncols: int = 8, scale: int = 5) -> bytes:
+    """(N, 1, H, W) images in [-1, 1] as a PNG grid, drawn with PIL: milliseconds, where matplotlib takes ~100."""
+    import io
+
+    from PIL import Image
+
+    images = validate.floating("images", images)
+    n, _, h, w = images.shape
+    nrows = -(-n // ncols)
+    canvas = torch.ones(nrows * (h + 1) + 1, ncols * (w + 1) + 1)
+    pixels = (images[:, 0].clamp(-1, 1) + 1) / 2
+    for i in range(n):
+        r, c = divmod(i, ncols)
+        canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = pixels[i]
+    image = Image.fromarray((canvas * 255).round().byte().numpy(), mode="L")
+    image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+ANY = "any digit"
+NONE = "none"
+
+
+class GuidanceExplorer:
+    """A guidance-scale slider with a class picker and a negative-class picker, for a live demo.
+
+    The noise x_T is drawn once; each (w, class, negative class) is sampled the first time it is chosen (DDIM, eta = 0,
+    ``steps`` steps, the conditional and negative passes batched) and kept, so going back is instant.
+    ``latencies`` records the seconds each new setting took, sampling and drawing included. The readout gives the
+    digit classifier's verdict on the samples.
+    """
+
+    def __init__(self, unet, n: int = 8, steps: int = 10, seed: int = 0, w_max: float = 8.0, w_step: float = 0.5,
+                 classifier=None, ncols: int = 8):
+        import ipywidgets as widgets
+
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        self.unet, self.steps, self.ncols = unet, validate.positive_int("steps", steps), ncols
+        self.schedule, self.classifier = linear_schedule(), classifier
+        self.x_T = torch.randn((n, 1, 16, 16), generator=torch.Generator().manual_seed(seed))
+        self.samples, self.pngs, self.latencies = {}, {}, []
+        digits = [str(d) for d in range(NUM_DIGIT_CLASSES)]
+        self.w = widgets.FloatSlider(value=0.0, min=0.0, max=w_max, step=w_step, description="w",
+                                     continuous_update=False, readout_format=".1f")
+        self.label = widgets.Dropdown(options=[ANY] + digits, value="3", description="class")
+        self.negative = widgets.Dropdown(options=[NONE] + digits, value=NONE, description="avoid")
+        self.readout = widgets.Label()
+        self.image = widgets.Image(format="png")
+        for control in (self.w, self.label, self.negative):
+            control.observe(lambda change: self.show(), names="value")
+        self.show()
+        self.widget = widgets.VBox([widgets.HBox([self.w, self.label, self.negative]), self.readout, self.image])
+
+    @staticmethod
+    def _label(choice: str) -> int:
+        return NULL_LABEL if choice in (ANY, NONE) else int(choice)
+
+    def key(self) -> tuple:
+        return round(float(self.w.value), 6), self._label(self.label.value), self._label(self.negative.value)
+
+    def sample(self, w: float, label: int, negative: int) -> torch.Tensor:
+        key = (round(float(w), 6), label, negative)
+        if key not in self.samples:
+            n = len(self.x_T)
+            eps_model = cfg_eps_model(self.unet, torch.full((n,), label), key[0],
+                                      None if negative == NULL_LABEL else torch.full((n,), negative))
+            x, _ = sampling.ddim_sample(eps_model, self.schedule, tuple(self.x_T.shape), steps=self.steps,
+                                        x_T=self.x_T, progress=False)
+            self.samples[key] = x.clamp(-1, 1)
+        return self.samples[key]
+
+    def show(self):
+        start = time.perf_counter()
+        key = self.key()
+        if key not in self.pngs:
+            self.pngs[key] = grid_png(self.sample(*key), self.ncols)
+            self.latencies.append(time.perf_counter() - start)
+        self.image.value = self.pngs[key]
+        text = f"w = {key[0]:g} (lambda = {1 + key[0]:g}), class {self.label.value}, avoid {self.negative.value}"
+        if self.classifier is not None:
+            with torch.no_grad():
+                predicted = self.classifier(self.samples[key]).argmax(1).tolist()
+            text += f"; the classifier reads: {' '.join(map(str, predicted))}"
+        self.readout.value = text + f"  ({len(self.pngs)} settings cached)"
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+
+# --------------------------------------------------------------------------- scoring the trade-off
+
+def within_class_diversity(samples: torch.Tensor, labels: torch.Tensor, network=None) -> float:
+    """Mean over classes of ``fid.diversity`` within each class: the diversity that guidance trades away.
+
+    ``fid.evaluate``'s diversity pools all classes, so it also grows when guidance pushes the classes apart;
+    this one only sees how different the samples of one class are from each other.
+    """
+    from . import fid
+
+    network = network or fid.feature_network()
+    labels = as_labels(labels, len(samples))
+    feats = fid.image_features(samples, network)
+    values = [fid.diversity(feats[labels == c]) for c in labels.unique().tolist() if int((labels == c).sum()) > 1]
+    if not values:
+        raise ValueError("within-class diversity needs at least two samples of some class")
+    return sum(values) / len(values)
+
+
+def real_within_class_diversity(labels: torch.Tensor, seed: int = 0, network=None) -> float:
+    """The same figure for real training digits of the same classes (``fid.real_digit_sampler``): the baseline."""
+    from . import fid
+
+    return within_class_diversity(fid.real_digit_sampler(as_labels(labels), seed), labels, network)
+
+
+def score_guidance(sample_fn: Callable, mode: str = "fast", seed: int = 0, network=None) -> dict:
+    """``fid.score_sampler`` plus the within-class diversity of the same samples, and its real-data baseline."""
+    from . import fid
+
+    network = network or fid.feature_network()
+    kept = {}
+
+    def keep(labels, seed):
+        kept["labels"], kept["samples"] = labels, sample_fn(labels, seed)
+        return kept["samples"]
+
+    report = fid.score_sampler(keep, mode=mode, seed=seed, network=network)
+    report["within_class_diversity"] = within_class_diversity(kept["samples"], kept["labels"], network)
+    report["real_within_class_diversity"] = real_within_class_diversity(kept["labels"], seed, network)
+    report["samples"] = kept["samples"]
+    return report
