@@ -67,10 +67,19 @@ def scatter2d(points, labels=None, ax=None, title: str | None = None, lim: float
 
 
 def show(fig: Figure):
-    """Display a Figure made with matplotlib.figure.Figure (not pyplot) in a notebook."""
-    from IPython.display import display
+    """Display a figure in a notebook exactly once, as a PNG, whatever the matplotlib backend.
 
-    display(fig)
+    Works for a matplotlib.figure.Figure and for a pyplot figure; the pyplot one is closed afterwards, so the
+    inline backend does not draw it a second time at the end of the cell.
+    """
+    import matplotlib.pyplot as plt
+    from IPython.display import Image, display
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=fig.dpi, bbox_inches="tight")
+    display(Image(buffer.getvalue()))
+    if getattr(fig.canvas, "manager", None) is not None:  # made by pyplot
+        plt.close(fig)
 
 
 def figure_to_png(fig: Figure, dpi: int = 80) -> bytes:

@@ -99,3 +99,18 @@ def test_ddim_explorer_samples_each_setting_once_and_renders_each_frame_once():
     assert explorer.render_count == renders and explorer.image.value == first
     with pytest.raises(ValueError, match="at least one choice"):
         DDIMExplorer(sample, x_T, steps_choices=())
+
+
+def test_show_displays_a_png_once_and_closes_pyplot_figures(capsys):
+    import matplotlib.pyplot as plt
+
+    from course import plotting
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    plotting.show(fig)
+    assert fig.number not in plt.get_fignums()  # the inline backend will not draw it again
+    plain = Figure()
+    plain.subplots().plot([0, 1])
+    plotting.show(plain)
+    assert capsys.readouterr().out.count("Image") == 2

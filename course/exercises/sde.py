@@ -1,0 +1,118 @@
+"""Checkers for notebook 05: the reverse-SDE Euler-Maruyama step and the probability-flow ODE drift (VP SDE).
+
+Song et al. 2021: reverse-time SDE (eq. 6), VP SDE (eq. 11), probability-flow ODE (eq. 13).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import sde
+from .core import ExerciseFailed, call_student, compare, passed
+
+_VP = sde.VPSDE()
+
+
+def _cases(seed: int = 0, with_ds: bool = True):
+    gen = torch.Generator().manual_seed(seed)
+    cases = []
+    for s, ds in [(1.0, 0.1), (0.5, 0.01), (0.05, 0.001), (0.002, 0.001), (0.8, 0.5)]:
+        for shape, dtype in [((16, 2), torch.float32), ((3, 1, 8, 8), torch.float64)]:
+            case = f"s = {s}" + (f", ds = {ds}" if with_ds else "") + f", x of shape {shape}, {dtype}"
+            cases.append((case, s, ds, torch.randn(shape, generator=gen, dtype=dtype),
+                          torch.randn(shape, generator=gen, dtype=dtype) * 3,
+                          torch.randn(shape, generator=gen, dtype=dtype)))
+    return cases
+
+
+def _close(got, expected) -> bool:
+    return isinstance(got, torch.Tensor) and got.shape == expected.shape and \
+        torch.allclose(got.double(), expected.double(), atol=1e-5, rtol=1e-5)
+
+
+def _em_hint(got, x, score, beta, ds, noise) -> str:
+    """Recognise the usual mistakes by recomputing them."""
+    drift = 0.5 * beta * x + beta * score  # minus the reverse-SDE drift: what the step adds per unit ds
+    noise_term = math.sqrt(beta * ds) * noise
+    wrong = [
+        (x + drift * ds, "no noise: the reverse SDE adds g(s) sqrt(ds) z = sqrt(beta ds) z at every step"),
+        (x + drift * ds + beta * ds * noise, "the noise is scaled by g^2 ds; a Brownian increment has std "
+                                             "sqrt(ds): use sqrt(beta ds) z"),
+        (x + drift * ds + math.sqrt(beta) * ds * noise, "the noise is scaled by g ds; a Brownian increment "
+                                                        "has std sqrt(ds): use sqrt(beta) sqrt(ds) z"),
+        (x + (0.5 * beta * x + 0.5 * beta * score) * ds + noise_term,
+         "the score has weight 1/2 beta: that is the probability-flow ODE; the reverse SDE has g^2 = beta"),
+        (x + (-0.5 * beta * x - beta * score) * ds + noise_term,
+         "the drift has the wrong sign: going down in s, x_(s-ds) = x_s - [f - g^2 score] ds, "
+         "and -f = +1/2 beta x"),
+        (x + (-0.5 * beta * x + beta * score) * ds + noise_term,
+         "the term in x has the wrong sign: f(x, s) = -1/2 beta x, and the step subtracts f ds"),
+        (x + (0.5 * beta * x - beta * score) * ds + noise_term,
+         "the score term has the wrong sign: the step moves x along +beta score (towards higher density)"),
+    ]
+    for candidate, hint in wrong:
+        if _close(got, candidate):
+            return "\nhint: " + hint
+    return ""
+
+
+def check_reverse_em_step(student_reverse_em_step) -> None:
+    """Check ``reverse_em_step(x, score, beta_s, ds, noise) -> x at s - ds`` (VP SDE, eq. 6 with eq. 11)."""
+    name = "reverse_em_step"
+    cases = _cases()
+    for case, s, ds, x, score, noise in cases:
+        beta = _VP.beta(s)
+        got = call_student(name, student_reverse_em_step, case, x.clone(), score.clone(), beta, ds, noise.clone())
+        expected = sde.em_step(_VP, x, s, ds, score, noise)
+        compare(name, "x_(s - ds)", got, expected, case + _em_hint(got, x, score, beta, ds, noise))
+    # diffusers' ScoreSdeVpScheduler.step_pred takes eps and draws its own noise from a generator
+    from diffusers.schedulers.deprecated.scheduling_sde_vp import ScoreSdeVpScheduler
+
+    scheduler = ScoreSdeVpScheduler(beta_min=_VP.beta_min, beta_max=_VP.beta_max)
+    scheduler.set_timesteps(50)
+    for s in scheduler.timesteps[[0, 20, 49]].tolist():
+        x, eps = torch.randn(2, 1, 8, 8, dtype=torch.float64), torch.randn(2, 1, 8, 8, dtype=torch.float64)
+        theirs, _ = scheduler.step_pred(eps, x, torch.tensor(s, dtype=torch.float64),
+                                        generator=torch.Generator().manual_seed(1))
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=x.dtype)
+        case = f"against diffusers' ScoreSdeVpScheduler.step_pred at s = {s:.3f}, ds = 1/50, same noise"
+        got = call_student(name, student_reverse_em_step, case, x.clone(),
+                           sde.score_from_eps(eps, _VP.marginal_std(s)), _VP.beta(s), 1 / 50, noise.clone())
+        compare(name, "x_(s - ds)", got, theirs, case, atol=1e-7, rtol=1e-6)
+    passed(name, len(cases) + 3, "s from 1 to 0.002, 2D and image shapes, float32 and float64, "
+                                 "diffusers' ScoreSdeVpScheduler.step_pred")
+
+
+def _drift_hint(got, x, score, beta) -> str:
+    wrong = [
+        (-0.5 * beta * x - beta * score, "the score has weight g^2 = beta: that is the reverse SDE's drift; "
+                                         "the ODE takes half of it, 1/2 g^2 score, and needs no noise"),
+        (-0.5 * beta * score, "the drift f(x, s) = -1/2 beta x is missing"),
+        (-0.5 * beta * x + 0.5 * beta * score, "the score term has the wrong sign: dx/ds = f - 1/2 g^2 score"),
+        (0.5 * beta * x + 0.5 * beta * score, "this is minus the drift: return dx/ds itself (the sampler "
+                                              "integrates it backwards in s)"),
+        (-beta * x - beta * score, "both terms are twice too large: f = -1/2 beta x and 1/2 g^2 = 1/2 beta"),
+    ]
+    for candidate, hint in wrong:
+        if _close(got, candidate):
+            return "\nhint: " + hint
+    return ""
+
+
+def check_pf_ode_drift(student_pf_ode_drift) -> None:
+    """Check ``pf_ode_drift(x, score, beta_s) -> dx/ds`` of the VP probability-flow ODE (eq. 13)."""
+    name = "pf_ode_drift"
+    cases = _cases(seed=1, with_ds=False)[::2] + _cases(seed=2, with_ds=False)[1::2]
+    for case, s, _, x, score, _ in cases:
+        beta = _VP.beta(s)
+        got = call_student(name, student_pf_ode_drift, case, x.clone(), score.clone(), beta)
+        expected = sde.pf_ode_drift(_VP, x, s, score)
+        compare(name, "dx/ds", got, expected, case + _drift_hint(got, x, score, beta))
+    # the ODE's drift moves the Gaussian N(0, I) nowhere: its score is -x, and f - 1/2 g^2 (-x) = 0
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(3))
+    got = call_student(name, student_pf_ode_drift, "standard normal, score = -x", x.clone(), -x.clone(), 7.0)
+    compare(name, "dx/ds", got, torch.zeros_like(x),
+            "x ~ N(0, I) with its exact score -x: N(0, I) is the VP SDE's stationary law, so the drift must be 0")
+    passed(name, len(cases) + 1, "s from 1 to 0.002, 2D and image shapes, float32 and float64, "
+                                 "the stationary N(0, I)")
