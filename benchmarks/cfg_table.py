@@ -13,12 +13,13 @@ The latency part builds the notebook's GuidanceExplorer (8 samples, 10 steps) an
 presenter would: each new slider value, class or negative class is one sampling run plus a PNG.
 """
 import argparse
+import json
 import statistics
 import time
 
 import torch
 
-from common import print_table, save
+from common import RESULTS, print_table, save
 from course import fid, guidance, models, train
 
 
@@ -63,10 +64,18 @@ def main():
     parser.add_argument("--classifier-w", type=float, nargs="*", default=[0, 1, 2, 4, 8])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument("--latency-only", action="store_true",
+                        help="re-measure only the widget's latency and keep the saved table (for an idle machine)")
     parser.add_argument("--name", help="results file name (default cfg_table_MODE)")
     args = parser.parse_args()
     name = args.name or f"cfg_table_{args.mode}"
     unet, network = train.load_digits_unet(), fid.feature_network()
+    if args.latency_only:
+        saved = json.loads((RESULTS / f"{name}.json").read_text())["rows"]
+        latency = widget_latency(unet)
+        print_table([latency], "GuidanceExplorer: seconds per control move that needs new samples")
+        save(name, [r for r in saved if "widget_latency" not in r] + [{"widget_latency": latency}])
+        return
     rows = []
     for w in args.w:
         start = time.perf_counter()
