@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import losses, sampling, validate
+from .plotting import grid_png
 from .models import NULL_LABEL, NUM_DIGIT_CLASSES
 from .schedules import get_schedule
 
@@ -346,26 +347,6 @@ def score_adaptation(unet: nn.Module, n: int = 200, seed: int = 0, steps: int = 
 
 # --------------------------------------------------------------------------- the widget
 
-def _grid_png(images: torch.Tensor, ncols: int, scale: int = 5) -> bytes:
-    """(N, 1, H, W) in [-1, 1] as a PNG grid with PIL: milliseconds, where matplotlib takes ~100."""
-    import io
-
-    from PIL import Image
-
-    n, _, h, w = images.shape
-    nrows = -(-n // ncols)
-    canvas = torch.ones(nrows * (h + 1) + 1, ncols * (w + 1) + 1)
-    pixels = (images[:, 0].clamp(-1, 1) + 1) / 2
-    for i in range(n):
-        r, c = divmod(i, ncols)
-        canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = pixels[i]
-    image = Image.fromarray((canvas.numpy() * 255).round().astype("uint8"))
-    image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-    buffer = io.BytesIO()
-    image.save(buffer, format="png")
-    return buffer.getvalue()
-
-
 class LoRAScaleExplorer:
     """A LoRA-scale slider over fixed noise: 0 = the base model, 1 = the adapted one, 1.5 = exaggerated.
 
@@ -408,7 +389,7 @@ class LoRAScaleExplorer:
         start = time.perf_counter()
         key = round(float(self.slider.value), 6)
         if key not in self.pngs:
-            self.pngs[key] = _grid_png(self.sample(key), self.ncols)
+            self.pngs[key] = grid_png(self.sample(key), self.ncols)
             self.latencies.append(time.perf_counter() - start)
         self.image.value = self.pngs[key]
         text = f"scale = {key:g}: " + ("the base model" if key == 0 else "the adapted model" if key == 1 else

@@ -16,7 +16,6 @@ path, so eps and eps_hat come out of one forward pass (two chunks for PAG, three
 """
 from __future__ import annotations
 
-import io
 import time
 from contextlib import contextmanager
 
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import sampling, validate
+from .plotting import grid_png
 from .models import NULL_LABEL
 from .schedules import linear_schedule
 
@@ -327,24 +327,6 @@ def classifier_confidence(images: torch.Tensor, classifier=None) -> torch.Tensor
 
 # --------------------------------------------------------------------------- the widget
 
-def _grid_png(images: torch.Tensor, ncols: int = 8, scale: int = 5) -> bytes:
-    """A grid of (N, 1, H, W) images in [-1, 1] as PNG bytes, drawn with PIL (milliseconds, not matplotlib)."""
-    from PIL import Image
-
-    n, _, h, w = images.shape
-    nrows = -(-n // ncols)
-    canvas = torch.ones(nrows * (h + 1) + 1, ncols * (w + 1) + 1)
-    pixels = (images[:, 0].clamp(-1, 1) + 1) / 2
-    for i in range(n):
-        r, c = divmod(i, ncols)
-        canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = pixels[i]
-    image = Image.fromarray((canvas * 255).round().byte().numpy(), mode="L")
-    image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 class PAGExplorer:
     """A PAG-scale slider and a layer picker over a fixed grid of unconditional samples (fixed x_T, DDIM eta = 0).
 
@@ -374,7 +356,7 @@ class PAGExplorer:
         self.layers.observe(lambda change: self.show(), names="value")
         if precompute:  # the first layer choice at every s, so the slider answers at once from the start
             for value in tqdm([v for _, v in self.scale.options], desc="PAG widget: precomputing", leave=False):
-                self.pngs[self._key(value, self.layers.value)] = _grid_png(self.sample(value, self.layers.value),
+                self.pngs[self._key(value, self.layers.value)] = grid_png(self.sample(value, self.layers.value),
                                                                            self.ncols)
         self.show()
         self.widget = widgets.VBox([widgets.HBox([self.scale, self.layers]), self.readout, self.image])
@@ -395,7 +377,7 @@ class PAGExplorer:
         s, name = self.scale.value, self.layers.value
         key = self._key(s, name)
         if key not in self.pngs:
-            self.pngs[key] = _grid_png(self.sample(s, name), self.ncols)
+            self.pngs[key] = grid_png(self.sample(s, name), self.ncols)
             self.latencies.append(time.perf_counter() - start)
         self.image.value = self.pngs[key]
         x = self.samples[key]

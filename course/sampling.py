@@ -118,7 +118,8 @@ def ddim_step(schedule: NoiseSchedule, eps: torch.Tensor, x_t: torch.Tensor, t: 
     return x_prev + sigma.to(x_t.dtype) * noise
 
 
-def _initial_noise(shape: tuple, gen: torch.Generator, x_T: torch.Tensor | None) -> torch.Tensor:
+def initial_noise(shape: tuple, gen: torch.Generator, x_T: torch.Tensor | None) -> torch.Tensor:
+    """x_T for a sampler: the given one (checked against ``shape``, copied), else seeded N(0, I)."""
     if x_T is None:
         return torch.randn(shape, generator=gen)
     x_T = validate.floating("x_T", x_T)
@@ -139,7 +140,7 @@ def ddim_sample(eps_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     """
     taus = ddim_timesteps(steps, schedule.T, spacing)
     gen = torch.Generator().manual_seed(seed)
-    x = _initial_noise(shape, gen, x_T)
+    x = initial_noise(shape, gen, x_T)
     keep = set(taus) if keep == "all" else set(keep)
     frames = {}
     for t, t_prev in tqdm(list(zip(taus, taus[1:] + [-1])), desc=f"DDIM {steps} steps, eta={eta:g}",

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import validate
+from . import sampling, validate
 from .schedules import NoiseSchedule
 
 ScoreFn = Callable[[torch.Tensor, float], torch.Tensor]
@@ -265,15 +265,6 @@ def time_grid(steps: int, T: int = 1000) -> list[float]:
     return np.linspace(1.0, 1.0 / T, steps).tolist()
 
 
-def _start(shape, gen, x_T):
-    if x_T is None:
-        return torch.randn(shape, generator=gen)
-    x_T = validate.floating("x_T", x_T)
-    if tuple(x_T.shape) != tuple(shape):
-        raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape is {tuple(shape)}")
-    return x_T.clone()
-
-
 @torch.no_grad()
 def euler_maruyama_sample(score: ScoreFn, sde: VPSDE, shape: tuple, steps: int = 100, seed: int = 0,
                           x_T: torch.Tensor | None = None, keep_path: bool = False, progress: bool = True):
@@ -283,7 +274,7 @@ def euler_maruyama_sample(score: ScoreFn, sde: VPSDE, shape: tuple, steps: int =
     and the noises are drawn in the same order as sampling.ddpm_sample's.
     """
     gen = torch.Generator().manual_seed(seed)
-    x = _start(shape, gen, x_T)
+    x = sampling.initial_noise(shape, gen, x_T)
     grid = time_grid(steps, sde.T)
     path = [(grid[0], x.clone())] if keep_path else []
     for s, s_next in tqdm(list(zip(grid, grid[1:])), desc=f"Euler-Maruyama, {steps} steps", disable=not progress,
@@ -307,7 +298,7 @@ def ode_sample(score: ScoreFn, sde: VPSDE, shape: tuple, steps: int = 50, method
     if method not in ("euler", "heun"):
         raise ValueError(f"method must be 'euler' or 'heun', got {method!r}")
     gen = torch.Generator().manual_seed(seed)
-    x = _start(shape, gen, x_T)
+    x = sampling.initial_noise(shape, gen, x_T)
     grid = time_grid(steps, sde.T)
     path = [(grid[0], x.clone())] if keep_path else []
     nfe = 0
@@ -341,7 +332,7 @@ def solve_ivp_sample(score: ScoreFn, sde: VPSDE, shape: tuple, rtol: float = 1e-
     from scipy.integrate import solve_ivp
 
     gen = torch.Generator().manual_seed(seed)
-    x = _start(shape, gen, x_T)
+    x = sampling.initial_noise(shape, gen, x_T)
     s_min = 1.0 / sde.T
 
     def fun(s, y):
@@ -369,7 +360,7 @@ def pc_sample(score: ScoreFn, sde: VPSDE, shape: tuple, steps: int = 50, correct
     if corrector_steps < 0:
         raise ValueError(f"corrector_steps must be >= 0, got {corrector_steps}")
     gen = torch.Generator().manual_seed(seed)
-    x = _start(shape, gen, x_T)
+    x = sampling.initial_noise(shape, gen, x_T)
     grid = time_grid(steps, sde.T)
     path = [(grid[0], x.clone())] if keep_path else []
     nfe = 0

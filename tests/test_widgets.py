@@ -114,3 +114,17 @@ def test_show_displays_a_png_once_and_closes_pyplot_figures(capsys):
     plain.subplots().plot([0, 1])
     plotting.show(plain)
     assert capsys.readouterr().out.count("Image") == 2
+
+
+def test_grid_png_draws_a_grid_and_rejects_other_shapes():
+    import io
+
+    from PIL import Image
+
+    from course import plotting
+
+    png = plotting.grid_png(torch.zeros(10, 1, 16, 16), ncols=4, scale=2)
+    image = Image.open(io.BytesIO(png))
+    assert image.size == ((4 * 17 + 1) * 2, (3 * 17 + 1) * 2)
+    with pytest.raises(ValueError, match="N, 1, H, W"):
+        plotting.grid_png(torch.zeros(3, 16, 16))
