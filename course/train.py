@@ -27,7 +27,7 @@ from .schedules import get_schedule
 @dataclass
 class Recipe:
     name: str
-    kind: str  # "toy", "classifier", "unet" or "noisy_classifier"
+    kind: str  # a key of TRAINERS
     steps: int
     batch_size: int
     lr: float
@@ -45,11 +45,54 @@ RECIPES = {
                           options={"label_dropout": 0.15, "ema": 0.999, "eval_per_class": 20}),
     "noisy_digit_classifier": Recipe("noisy_digit_classifier", "noisy_classifier", 3000, 128, 3e-3,
                                      options={"width": 24, "eval_t": [0, 250, 500, 750, 900, 999]}),
+    # notebook 08: autoencoder -> text encoder -> latent UNet, on captioned shapes
+    "shapes_classifier": Recipe("shapes_classifier", "shapes_classifier", 600, 128, 3e-3),
+    "shapes_vae": Recipe("shapes_vae", "vae", 2500, 32, 2e-3, options={"kl_weight": 1e-5}),
+    "shapes_vae_kl0": Recipe("shapes_vae_kl0", "vae", 1200, 32, 2e-3, options={"kl_weight": 0.0}),
+    "shapes_clip": Recipe("shapes_clip", "clip", 1500, 128, 2e-3),
+    "shapes_ldm": Recipe("shapes_ldm", "latent_unet", 2000, 64, 2e-3,
+                         options={"caption_dropout": 0.1, "word_dropout": 0.05, "ema": 0.999, "eval_per_caption": 10,
+                                  "eval_w": [0.0, 2.0]}),
+    "shapes_pixel": Recipe("shapes_pixel", "latent_unet", 250, 64, 2e-3,
+                           options={"caption_dropout": 0.1, "word_dropout": 0.05, "ema": 0.99, "eval_per_caption": 10,
+                                    "eval_w": [0.0, 2.0], "pixel_space": True}),
+    # notebook 09: a ControlNet on the frozen digits UNet, and the ablation without zero convolutions
+    "digits_controlnet": Recipe("digits_controlnet", "controlnet", 1500, 64, 1e-3,
+                                options={"zero_init": True, "eval_masks": 297}),
+    "digits_controlnet_no_zero": Recipe("digits_controlnet_no_zero", "controlnet", 1500, 64, 1e-3,
+                                        options={"zero_init": False, "eval_masks": 297}),
 }
+
+SHAPES_TRAIN = dict(n=4000, seed=0)  # the training shapes; held-out shapes use seed 1
 
 
 def _loss_bar(recipe: Recipe, steps: int):
     return tqdm(range(steps), desc=recipe.name, mininterval=2, file=sys.stdout)
+
+
+def _fit(recipe: Recipe, steps: int, parameters, batch_loss: Callable, schedule: str | None = None,
+         weight_decay: float = 0.0, after_step: Callable | None = None) -> float:
+    """The loop of the shapes recipes: AdamW, an optional LR schedule ("cosine" or "onecycle"), a progress bar.
+
+    ``batch_loss(step)`` returns (loss, {name: value shown on the bar}); returns the last loss.
+    """
+    opt = torch.optim.AdamW(parameters, lr=recipe.lr, weight_decay=weight_decay)
+    sched = {"cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps),
+             "onecycle": lambda: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=steps,
+                                                                      pct_start=0.05),
+             None: lambda: None}[schedule]()
+    bar = _loss_bar(recipe, steps)
+    for step in bar:
+        loss, shown = batch_loss(step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        if after_step is not None:
+            after_step(step)
+        bar.set_postfix(shown, refresh=False)
+    return loss.item()
 
 
 def fit_toy(model: torch.nn.Module, data: torch.Tensor, schedule, steps: int, batch_size: int = 512,
@@ -199,8 +242,192 @@ def train_noisy_classifier(recipe: Recipe, steps: int):
     return model, loss.item(), noisy_accuracy(model, schedule, recipe.options["eval_t"], recipe.seed)
 
 
+def train_shapes_classifier(recipe: Recipe, steps: int):
+    """Cross-entropy on shape class and colour, with random shifts; scores notebook 08's generated images."""
+    from . import ldm
+
+    torch.manual_seed(recipe.seed)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    data = datasets.shapes(**SHAPES_TRAIN)
+    model = ldm.ShapesClassifier()
+
+    def batch_loss(step):
+        idx = torch.randint(0, len(data), (recipe.batch_size,), generator=gen)
+        shape_logits, colour_logits = model(data.images[idx])
+        loss = F.cross_entropy(shape_logits, data.labels[idx]) + F.cross_entropy(colour_logits, data.colours[idx])
+        return loss, {"loss": f"{loss.item():.4f}"}
+
+    final_loss = _fit(recipe, steps, model.parameters(), batch_loss, weight_decay=1e-4)
+    model.eval()
+    return model, final_loss, shapes_accuracy(model, datasets.shapes(1000, seed=1))
+
+
+@torch.no_grad()
+def shapes_accuracy(classifier, data) -> dict:
+    shape_logits, colour_logits = classifier(data.images)
+    return {"shape_accuracy": round((shape_logits.argmax(1) == data.labels).float().mean().item(), 4),
+            "colour_accuracy": round((colour_logits.argmax(1) == data.colours).float().mean().item(), 4),
+            "images_scored": len(data)}
+
+
+def train_vae(recipe: Recipe, steps: int):
+    """AutoencoderKL on shapes: MSE reconstruction + kl_weight * KL (weak, or zero for the comparison)."""
+    from . import ldm
+
+    torch.manual_seed(recipe.seed)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    images = datasets.shapes(**SHAPES_TRAIN).images
+    vae = ldm.build_vae()
+
+    def batch_loss(step):
+        idx = torch.randint(0, len(images), (recipe.batch_size,), generator=gen)
+        loss, parts = ldm.vae_loss(vae, images[idx], recipe.options["kl_weight"], gen)
+        return loss, {"mse": f"{parts['mse']:.4f}", "kl": f"{parts['kl']:.1f}"}
+
+    final_loss = _fit(recipe, steps, vae.parameters(), batch_loss, schedule="onecycle")
+    vae.eval()
+    held_out = datasets.shapes(500, seed=1).images
+    with torch.no_grad():
+        latents = ldm.encode_mean(vae, images[:1000])
+        reconstruction_mse = F.mse_loss(ldm.decode(vae, ldm.encode_mean(vae, held_out)), held_out).item()
+    return vae, final_loss, {"held_out_mse": round(reconstruction_mse, 5), "latent_std": round(latents.std().item(), 4),
+                              "latent_mean": round(latents.mean().item(), 4),
+                              "latent_scaling_factor": round(ldm.latent_scaling_factor(latents), 5)}
+
+
+def train_clip(recipe: Recipe, steps: int):
+    """The tiny CLIP: symmetric cross-entropy over the image-caption similarity matrix of each batch."""
+    from . import ldm
+
+    torch.manual_seed(recipe.seed)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    data = datasets.shapes(**SHAPES_TRAIN)
+    tokens = ldm.tokenize_batch(data.captions)
+    caption_id = data.labels * len(datasets.COLOUR_NAMES) + data.colours
+    model = ldm.TinyCLIP()
+
+    def batch_loss(step):
+        idx = torch.randint(0, len(data), (recipe.batch_size,), generator=gen)
+        same_caption = caption_id[idx, None] == caption_id[None, idx]
+        loss = ldm.clip_loss(model.similarity(data.images[idx], tokens[idx]), model.logit_scale, same_caption)
+        return loss, {"loss": f"{loss.item():.4f}"}
+
+    final_loss = _fit(recipe, steps, model.parameters(), batch_loss, schedule="cosine", weight_decay=1e-4)
+    model.eval()
+    return model, final_loss, clip_retrieval_accuracy(model, datasets.shapes(1000, seed=1))
+
+
+@torch.no_grad()
+def clip_retrieval_accuracy(model, data) -> dict:
+    """How often each held-out image's most similar caption, among all twelve, is its own."""
+    from . import ldm
+
+    best = model.similarity(data.images, ldm.tokenize_batch(ldm.all_captions())).argmax(1)
+    truth = data.labels * len(datasets.COLOUR_NAMES) + data.colours
+    return {"zero_shot_caption_accuracy": round((best == truth).float().mean().item(), 4), "images_scored": len(data)}
+
+
+def train_digits_controlnet(recipe: Recipe, steps: int):
+    """A ControlNet (digit mask -> digit) on the frozen shipped digits UNet; scored by IoU on held-out masks."""
+    from . import controlnet as cn
+
+    unet = load_digits_unet()
+    torch.manual_seed(recipe.seed)
+    distance_at_step_0 = cn.distance_from_base(unet, cn.ControlNet(unet, zero_init=recipe.options["zero_init"]))
+    model, history = cn.train_controlnet(unet, steps, recipe.batch_size, recipe.lr, recipe.options["zero_init"],
+                                         seed=recipe.seed)
+    return model, sum(history[-50:]) / len(history[-50:]), controlnet_adherence(unet, model, distance_at_step_0,
+                                                                                   recipe.options["eval_masks"])
+
+
+def controlnet_adherence(unet, model, distance_at_step_0: float, n_masks: int = 297) -> dict:
+    """IoU of held-out masks with the ink of samples drawn for them: controlled (null label), and the base
+    model told the true digit; plus how far the untrained ControlNet moved the base model's eps."""
+    from . import controlnet as cn
+
+    images, labels = datasets.digits("test")
+    images, labels = images[:n_masks], labels[:n_masks]
+    masks = cn.digit_masks(images)
+    null = torch.full_like(labels, models.NULL_LABEL)
+    return {"iou_control": round(cn.adherence(unet, model, masks, null)["iou"], 4),
+            "iou_control_with_label": round(cn.adherence(unet, model, masks, labels)["iou"], 4),
+            "iou_base_with_label": round(cn.adherence(unet, None, masks, labels)["iou"], 4),
+            "distance_from_base_at_step_0": round(distance_at_step_0, 5),
+            "distance_from_base_after": round(cn.distance_from_base(unet, model), 5), "masks_scored": len(masks)}
+
+
+def train_latent_unet(recipe: Recipe, steps: int):
+    """L_simple on scaled VAE latents, cross-attending to the frozen text encoder's token states.
+
+    Captions are dropped to "" (for classifier-free guidance) and single words to <unk> (so unknown words
+    mean "any"), each with the recipe's probability.
+    """
+    from . import ldm
+
+    torch.manual_seed(recipe.seed)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    text_encoder, data = load_shapes_clip().text, datasets.shapes(**SHAPES_TRAIN)
+    width = text_encoder.config["width"]
+    if recipe.options.get("pixel_space"):  # the pixel-space twin: the same recipe on the images themselves
+        vae, scaling_factor, latents = None, 1.0, data.images
+        unet = ldm.build_latent_unet(ldm.pixel_unet_config(cross_attention_dim=width))
+    else:
+        vae, scaling_factor = load_shapes_vae(), load_latent_scaling_factor()
+        latents = ldm.encode_mean(vae, data.images) * scaling_factor
+        unet = ldm.build_latent_unet(ldm.latent_unet_config(cross_attention_dim=width))
+    tokens, empty_prompt = ldm.tokenize_batch(data.captions), torch.tensor(ldm.tokenize(""))
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    schedule = get_schedule("linear")
+
+    def batch_loss(step):
+        idx = torch.randint(0, len(latents), (recipe.batch_size,), generator=gen)
+        ids = tokens[idx].clone()
+        word = (ids > ldm.UNK) & (torch.rand(ids.shape, generator=gen) < recipe.options["word_dropout"])
+        ids[word] = ldm.UNK
+        ids[torch.rand(len(ids), generator=gen) < recipe.options["caption_dropout"]] = empty_prompt
+        with torch.no_grad():
+            context = text_encoder(ids)
+        loss = losses.random_l_simple(lambda z, t: unet(z, t, encoder_hidden_states=context).sample, schedule,
+                                      latents[idx], gen)
+        return loss, {"loss": f"{loss.item():.4f}"}
+
+    def update_ema(step):
+        with torch.no_grad():
+            decay = min(recipe.options["ema"], (1 + step) / (10 + step))
+            for p_ema, p in zip(ema.parameters(), unet.parameters()):
+                p_ema.lerp_(p, 1 - decay)
+
+    final_loss = _fit(recipe, steps, unet.parameters(), batch_loss, schedule="onecycle", after_step=update_ema)
+    ema.eval()
+    quality = {f"w{w:g}": text_to_image_accuracy(ema, vae, text_encoder, scaling_factor, w,
+                                                 recipe.options["eval_per_caption"], recipe.seed)
+               for w in recipe.options["eval_w"]}
+    return ema, final_loss, quality
+
+
+@torch.no_grad()
+def text_to_image_accuracy(unet, vae, text_encoder, scaling_factor: float, w: float, per_caption: int,
+                           seed: int = 0, steps: int = 20) -> dict:
+    """Samples for each of the twelve captions, read back by the shipped shapes classifier."""
+    from . import ldm
+
+    classifier = load_shapes_classifier()
+    captions = [c for c in ldm.all_captions() for _ in range(per_caption)]
+    images = ldm.text_to_image(unet, vae, text_encoder, captions, scaling_factor, w, steps, seed)
+    shape_logits, colour_logits = classifier(images)
+    want_shape = torch.tensor([datasets.SHAPE_NAMES.index(c.split()[2]) for c in captions])
+    want_colour = torch.tensor([datasets.COLOUR_NAMES.index(c.split()[1]) for c in captions])
+    shape_ok, colour_ok = shape_logits.argmax(1) == want_shape, colour_logits.argmax(1) == want_colour
+    return {"shape_accuracy": round(shape_ok.float().mean().item(), 4),
+            "colour_accuracy": round(colour_ok.float().mean().item(), 4),
+            "both_accuracy": round((shape_ok & colour_ok).float().mean().item(), 4),
+            "samples_scored": len(captions), "ddim_steps": steps}
+
+
 TRAINERS = {"toy": train_toy, "classifier": train_classifier, "unet": train_unet,
-            "noisy_classifier": train_noisy_classifier}
+            "noisy_classifier": train_noisy_classifier, "shapes_classifier": train_shapes_classifier,
+            "vae": train_vae, "clip": train_clip, "controlnet": train_digits_controlnet,
+            "latent_unet": train_latent_unet}
 
 
 def run(name: str, steps: int | None = None, out: Path | None = None) -> dict:
@@ -244,6 +471,63 @@ def load_noisy_classifier(directory: Path | None = None) -> models.NoisyDigitCla
     model = models.NoisyDigitClassifier(**entry["config"])
     model.load_state_dict(state)
     return model.eval()
+
+
+def load_shapes_classifier(directory: Path | None = None):
+    from . import ldm
+
+    state, entry = checkpoints.load_state("shapes_classifier", directory or checkpoints.CHECKPOINT_DIR)
+    model = ldm.ShapesClassifier(**entry["config"])
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def load_shapes_vae(name: str = "shapes_vae", directory: Path | None = None):
+    """The shipped autoencoder ("shapes_vae", weak KL) or its KL = 0 twin ("shapes_vae_kl0")."""
+    from . import ldm
+
+    state, entry = checkpoints.load_state(name, directory or checkpoints.CHECKPOINT_DIR)
+    model = ldm.build_vae()
+    model.load_state_dict(state)
+    return model.eval().requires_grad_(False)
+
+
+def load_latent_scaling_factor(name: str = "shapes_vae", directory: Path | None = None) -> float:
+    """The scaling factor computed when the autoencoder was trained: 1 / std of its training latents."""
+    entry = checkpoints.read_manifest(directory or checkpoints.CHECKPOINT_DIR).get(name)
+    if entry is None:
+        raise checkpoints.CheckpointError(f"no manifest entry for '{name}'; rebuild it with: python -m course.train {name}")
+    return entry["quality"]["latent_scaling_factor"]
+
+
+def load_shapes_clip(directory: Path | None = None):
+    from . import ldm
+
+    state, entry = checkpoints.load_state("shapes_clip", directory or checkpoints.CHECKPOINT_DIR)
+    model = ldm.TinyCLIP(**entry["config"])
+    model.load_state_dict(state)
+    return model.eval().requires_grad_(False)
+
+
+def load_shapes_ldm(name: str = "shapes_ldm", directory: Path | None = None):
+    """The text-conditioned latent UNet of notebook 08, or by name its pixel-space twin ("shapes_pixel")."""
+    from . import ldm
+
+    state, entry = checkpoints.load_state(name, directory or checkpoints.CHECKPOINT_DIR)
+    model = ldm.build_latent_unet(dict(entry["config"]))
+    model.load_state_dict(state)
+    return model.eval().requires_grad_(False)
+
+
+def load_digits_controlnet(name: str = "digits_controlnet", directory: Path | None = None):
+    """The shipped ControlNet of notebook 09 (or, by name, its ablation without zero convolutions)."""
+    from . import controlnet as cn
+
+    state, entry = checkpoints.load_state(name, directory or checkpoints.CHECKPOINT_DIR)
+    model = cn.ControlNet(load_digits_unet(), **{k: v for k, v in entry["config"].items() if k != "embedding_channels"},
+                          embedding_channels=tuple(entry["config"]["embedding_channels"]))
+    model.load_state_dict(state)
+    return model.eval().requires_grad_(False)
 
 
 def load_toy(dataset: str, directory: Path | None = None) -> models.TimeMLP:

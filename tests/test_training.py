@@ -9,8 +9,14 @@ from course import checkpoints, models, sampling, train
 from course.schedules import linear_schedule
 
 
+SMALL_EVALUATION = {"eval_per_caption": 1, "eval_masks": 4}  # the recipes' quality figures, at test size
+
+
 @pytest.mark.parametrize("name", [n for n, r in train.RECIPES.items() if r.kind != "unet"])
-def test_small_recipes_run_a_few_steps_and_record_everything(name, tmp_path):
+def test_small_recipes_run_a_few_steps_and_record_everything(name, tmp_path, monkeypatch):
+    for key, value in SMALL_EVALUATION.items():
+        if key in train.RECIPES[name].options:
+            monkeypatch.setitem(train.RECIPES[name].options, key, value)
     entry = train.run(name, steps=3, out=tmp_path)
     manifest = json.loads((tmp_path / "manifest.json").read_text())[name]
     for key in ("recipe", "seed", "steps", "wall_time_s", "final_loss", "quality", "size_bytes", "sha256"):

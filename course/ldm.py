@@ -1,0 +1,532 @@
+"""Latent diffusion in miniature (notebook 08): an autoencoder, a tiny CLIP, and a text-conditioned latent UNet.
+
+The data is `datasets.shapes`: 32x32 coloured shapes with captions such as "a red circle".
+Training order, as in Stable Diffusion: autoencoder -> text encoder (contrastive, CLIP-style) -> latent UNet.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import datasets, validate
+
+# --------------------------------------------------------------------------- autoencoder
+
+
+def vae_config() -> dict:
+    """AutoencoderKL for 32x32x3 shapes: two downsamplings give 8x8x4 latents (3072 -> 256 numbers, 12x)."""
+    return dict(in_channels=3, out_channels=3, latent_channels=4, sample_size=32, layers_per_block=1,
+                block_out_channels=(16, 32, 32), norm_num_groups=8,
+                down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3)
+
+
+def build_vae(config: dict | None = None):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(**(config or vae_config()))
+
+
+def reparameterize(mean: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """z = mean + sigma * eps with sigma = exp(logvar / 2): the sample stays differentiable in mean and logvar."""
+    return mean + torch.exp(0.5 * logvar) * eps
+
+
+def kl_to_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, sigma^2) || N(0, 1)) = 0.5 (mean^2 + sigma^2 - 1 - log sigma^2), summed over latent
+    elements and averaged over the batch (Kingma & Welling, Appendix B)."""
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).flatten(1).sum(1).mean()
+
+
+def vae_loss(vae, images: torch.Tensor, kl_weight: float, generator=None) -> tuple[torch.Tensor, dict]:
+    """Reconstruction (mean squared error per pixel) + kl_weight * KL per image: the weak-KL autoencoder objective."""
+    posterior = vae.encode(images).latent_dist
+    eps = torch.randn(posterior.mean.shape, generator=generator)
+    z = reparameterize(posterior.mean, posterior.logvar, eps)
+    reconstruction = vae.decode(z).sample
+    mse = F.mse_loss(reconstruction, images)
+    kl = kl_to_standard_normal(posterior.mean, posterior.logvar)
+    return mse + kl_weight * kl, {"mse": mse.item(), "kl": kl.item()}
+
+
+@torch.no_grad()
+def encode_mean(vae, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The posterior means of a set of images (the latents the diffusion model is trained on, before scaling)."""
+    return torch.cat([vae.encode(images[i:i + batch_size]).latent_dist.mean
+                      for i in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
+def decode(vae, latents: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    return torch.cat([vae.decode(latents[i:i + batch_size]).sample for i in range(0, len(latents), batch_size)])
+
+
+def latent_scaling_factor(latents: torch.Tensor) -> float:
+    """1 / std of the training latents, so that scaled latents have unit variance like the noise (SD's 0.18215
+    is this number for SD's autoencoder; ours is computed, not borrowed)."""
+    return 1.0 / latents.float().std().item()
+
+
+# --------------------------------------------------------------------------- cross-attention conditioning
+
+
+def cross_attention_layer(feature_map: torch.Tensor, tokens: torch.Tensor, W_q: torch.Tensor, W_k: torch.Tensor,
+                          W_v: torch.Tensor, W_o: torch.Tensor) -> torch.Tensor:
+    """One single-head cross-attention conditioning layer with its residual (Rombach et al. 2022, eq. 3):
+
+    Q = phi(z) W_q from the H*W pixel features phi(z) of (B, C, H, W); K = tau W_k, V = tau W_v from the text's
+    token states tau (B, N, D). out = z + softmax(Q K^T / sqrt(d)) V W_o, reshaped back to (B, C, H, W).
+    """
+    B, C, H, W = feature_map.shape
+    pixels = feature_map.flatten(2).transpose(1, 2)  # (B, H*W, C): one query per pixel
+    q, k, v = pixels @ W_q, tokens @ W_k, tokens @ W_v
+    weights = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(q.shape[-1]), dim=-1)  # (B, H*W, N)
+    out = (weights @ v @ W_o).transpose(1, 2).reshape(B, C, H, W)
+    return feature_map + out
+
+
+# --------------------------------------------------------------------------- tokenizer and tiny CLIP
+
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
+PAD, BOS, EOS, UNK = range(4)
+CAPTION_WORDS = ("a",) + datasets.COLOUR_NAMES + datasets.SHAPE_NAMES
+VOCABULARY = SPECIAL_TOKENS + CAPTION_WORDS
+MAX_TOKENS = 8  # <bos> + up to 6 words + <eos>
+
+
+def tokenize(prompt: str, warn: bool = True) -> list[int]:
+    """Token ids for one prompt: <bos>, one id per lower-cased word (unknown words -> <unk>), <eos>, padding.
+
+    An empty prompt is <bos> <eos>: the unconditional prompt the model was trained with (caption dropout).
+    Prompts longer than MAX_TOKENS - 2 words are cut, with a warning.
+    """
+    if not isinstance(prompt, str):
+        raise TypeError(f"a prompt must be a string, got {type(prompt).__name__}")
+    words = prompt.lower().replace(",", " ").replace(".", " ").split()
+    unknown = [w for w in words if w not in CAPTION_WORDS]
+    if unknown and warn:
+        warnings.warn(f"unknown words {unknown} become <unk>; the model knows only: {', '.join(CAPTION_WORDS)}",
+                      stacklevel=2)
+    if len(words) > MAX_TOKENS - 2:
+        if warn:
+            warnings.warn(f"prompt cut to its first {MAX_TOKENS - 2} words", stacklevel=2)
+        words = words[:MAX_TOKENS - 2]
+    ids = [BOS] + [VOCABULARY.index(w) if w in CAPTION_WORDS else UNK for w in words] + [EOS]
+    return ids + [PAD] * (MAX_TOKENS - len(ids))
+
+
+def tokens_of(prompt: str) -> list[str]:
+    """The token strings of a prompt, up to and including <eos> (labels for per-token attention maps)."""
+    ids = tokenize(prompt, warn=False)
+    return [VOCABULARY[i] for i in ids[:ids.index(EOS) + 1]]
+
+
+def tokenize_batch(prompts, warn: bool = True) -> torch.Tensor:
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    return torch.tensor([tokenize(p, warn) for p in prompts], dtype=torch.long)
+
+
+class TextEncoder(nn.Module):
+    """A two-layer causal transformer over caption tokens, like CLIP's text tower in miniature.
+
+    forward returns per-token states (B, MAX_TOKENS, width): the keys and values of the UNet's cross-attention.
+    `pooled` reads the state at <eos>, the caption's summary used by the contrastive objective.
+    """
+
+    def __init__(self, width: int = 64, layers: int = 2, heads: int = 4):
+        super().__init__()
+        self.config = {"width": width, "layers": layers, "heads": heads}
+        self.token_embedding = nn.Embedding(len(VOCABULARY), width)
+        self.position_embedding = nn.Parameter(torch.randn(MAX_TOKENS, width) * 0.02)
+        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.final_norm = nn.LayerNorm(width)
+        self.register_buffer("causal_mask", torch.triu(torch.full((MAX_TOKENS, MAX_TOKENS), float("-inf")), 1),
+                             persistent=False)
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        h = self.token_embedding(token_ids) + self.position_embedding
+        return self.final_norm(self.transformer(h, mask=self.causal_mask, is_causal=True))
+
+    def pooled(self, token_ids: torch.Tensor) -> torch.Tensor:
+        states = self(token_ids)
+        eos_position = (token_ids == EOS).float().argmax(1)
+        return states[torch.arange(len(token_ids)), eos_position]
+
+
+class ImageEncoder(nn.Module):
+    """A small CNN from a 32x32 image to one vector: CLIP's image tower in miniature."""
+
+    def __init__(self, width: int = 32, out_dim: int = 64):
+        super().__init__()
+        self.config = {"width": width, "out_dim": out_dim}
+        self.net = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.SiLU(), nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(), nn.Linear(2 * width, out_dim))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+
+class TinyCLIP(nn.Module):
+    """Text and image towers projected into one space, trained so matching pairs have the highest cosine similarity."""
+
+    def __init__(self, width: int = 64, layers: int = 2, heads: int = 4, embed_dim: int = 64):
+        super().__init__()
+        self.config = {"width": width, "layers": layers, "heads": heads, "embed_dim": embed_dim}
+        self.text = TextEncoder(width, layers, heads)
+        self.image = ImageEncoder(out_dim=embed_dim)
+        self.text_projection = nn.Linear(width, embed_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+
+    def embed_text(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_projection(self.text.pooled(token_ids)), dim=-1)
+
+    def embed_image(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image(images), dim=-1)
+
+    def similarity(self, images: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """Cosine similarities, images along rows and captions along columns."""
+        return self.embed_image(images) @ self.embed_text(token_ids).T
+
+
+def clip_loss(similarity: torch.Tensor, logit_scale: torch.Tensor, same_caption: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric cross-entropy over the similarity matrix: each image should pick its caption in its row,
+    each caption its image in its column. Pairs that share a caption (same_caption[i, j]) are all positives,
+    so the target of a row is spread evenly over them."""
+    logits = similarity * logit_scale.exp()
+    target = same_caption.float() / same_caption.float().sum(1, keepdim=True)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target.T))
+
+
+# --------------------------------------------------------------------------- classifier for the samples
+
+
+class ShapesClassifier(nn.Module):
+    """Shape class and colour of a 32x32 image, two heads on one small CNN: scores text-to-image samples."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        self.config = {"width": width}
+        self.features = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.SiLU(), nn.AdaptiveMaxPool2d(1), nn.Flatten())
+        self.shape_head = nn.Linear(2 * width, len(datasets.SHAPE_NAMES))
+        self.colour_head = nn.Linear(2 * width, len(datasets.COLOUR_NAMES))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.features(images)
+        return self.shape_head(h), self.colour_head(h)
+
+
+# --------------------------------------------------------------------------- latent UNet
+
+
+def latent_unet_config(in_channels: int = 4, sample_size: int = 8, cross_attention_dim: int = 64) -> dict:
+    """UNet2DConditionModel over 8x8x4 latents: cross-attention to the caption's token states at 8x8 and 4x4."""
+    return dict(sample_size=sample_size, in_channels=in_channels, out_channels=in_channels, layers_per_block=1,
+                block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=cross_attention_dim,
+                attention_head_dim=16, norm_num_groups=8)
+
+
+def pixel_unet_config(cross_attention_dim: int = 64) -> dict:
+    """The pixel-space twin for the compute comparison: 32x32x3 in, a similar parameter count, cross-attention at
+    16x16 and 8x8 (one more level than the latent model, so its lowest resolution is the same 8x8)."""
+    return dict(sample_size=32, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(32, 32, 64),
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                cross_attention_dim=cross_attention_dim, attention_head_dim=16, norm_num_groups=8)
+
+
+def build_latent_unet(config: dict | None = None):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(**(config or latent_unet_config()))
+
+
+def check_images(images: torch.Tensor, name: str = "images") -> None:
+    validate.check_shape(name, images, (None, 3, None, None))
+
+
+# --------------------------------------------------------------------------- text-to-image
+
+
+def all_captions() -> list[str]:
+    """The twelve captions of the training data, shape-major: "a red circle", "a green circle", ..."""
+    return [f"a {c} {s}" for s in datasets.SHAPE_NAMES for c in datasets.COLOUR_NAMES]
+
+
+@torch.no_grad()
+def encode_prompts(text_encoder: TextEncoder, prompts, warn: bool = True) -> torch.Tensor:
+    """Per-token states (B, MAX_TOKENS, width) of the frozen text encoder: what cross-attention attends to."""
+    return text_encoder(tokenize_batch(prompts, warn))
+
+
+def latent_eps_model(unet, context: torch.Tensor, null_context: torch.Tensor, w: float = 0.0):
+    """eps_model(z_t, t) with classifier-free guidance at scale w: (1 + w) eps(z_t, c) - w eps(z_t, "")."""
+    from .guidance import cfg_combine
+
+    def eps_model(z_t, t):
+        if w == 0:
+            return unet(z_t, t, encoder_hidden_states=context).sample
+        t = torch.as_tensor(t)
+        t = torch.cat([t, t]) if t.dim() > 0 and t.numel() > 1 else t
+        both = unet(torch.cat([z_t, z_t]), t, encoder_hidden_states=torch.cat([context, null_context])).sample
+        eps_cond, eps_uncond = both.chunk(2)
+        return cfg_combine(eps_cond, eps_uncond, w)
+    return eps_model
+
+
+@torch.no_grad()
+def text_to_latents(unet, text_encoder, prompts, w: float = 2.0, steps: int = 20, seed: int = 0, z_T=None,
+                    keep=()):
+    """DDIM (eta = 0) in latent space, one sample per prompt; returns (z_0, frames) in scaled latent units."""
+    from . import sampling
+    from .schedules import get_schedule
+
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise ValueError("give at least one prompt (an empty string is allowed: it means 'any shape')")
+    context = encode_prompts(text_encoder, prompts)
+    null_context = encode_prompts(text_encoder, [""] * len(prompts))
+    shape = (len(prompts), unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    return sampling.ddim_sample(latent_eps_model(unet, context, null_context, w), get_schedule("linear"), shape,
+                                steps=steps, seed=seed, x_T=z_T, keep=keep, progress=False)
+
+
+def text_to_image(unet, vae, text_encoder, prompts, scaling_factor: float, w: float = 2.0, steps: int = 20,
+                  seed: int = 0, z_T=None) -> torch.Tensor:
+    """Prompts -> latents (DDIM with CFG) -> the decoder: images (B, 3, 32, 32) in [-1, 1].
+
+    ``vae=None`` is a pixel-space model: its samples are the images (and scaling_factor is ignored).
+    """
+    z_0, _ = text_to_latents(unet, text_encoder, prompts, w, steps, seed, z_T)
+    return (z_0 if vae is None else decode(vae, z_0 / scaling_factor)).clamp(-1, 1)
+
+
+# --------------------------------------------------------------------------- cross-attention maps and edits
+
+
+class CrossAttentionControl:
+    """Reads and edits the cross-attention probabilities of a UNet2DConditionModel (prompt-to-prompt style).
+
+    Installed on every cross-attention layer (``attn2``) by ``controlled(unet, control)``. During sampling it
+    records, for the conditional half of the batch, the probabilities averaged over heads: ``maps[layer]`` is a list
+    over steps of (B, H*W, tokens). Two edits (Hertz et al. 2022):
+    - ``token_weights`` {batch index: (tokens,) weights}: multiply each token's column after the softmax (re-weighting);
+    - ``inject`` {target index: source index}: during the first ``inject_fraction`` of the steps, the target sample
+      uses the source's maps (word swap: the layout of the source, the words of the target).
+    """
+
+    def __init__(self, conditional_batch: int, token_weights: dict | None = None, inject: dict | None = None,
+                 inject_fraction: float = 0.6, record: bool = True):
+        self.conditional_batch = conditional_batch
+        self.token_weights, self.inject = token_weights or {}, inject or {}
+        self.inject_fraction, self.record = inject_fraction, record
+        self.maps, self.step, self.total_steps = {}, 0, 1
+
+    def edit(self, name: str, probs: torch.Tensor, heads: int) -> torch.Tensor:
+        batch = probs.shape[0] // heads
+        probs = probs.reshape(batch, heads, *probs.shape[1:])
+        if self.inject and self.step < self.inject_fraction * self.total_steps:
+            probs = probs.clone()
+            for target, source in self.inject.items():
+                probs[target] = probs[source]
+        if self.token_weights:
+            probs = probs.clone()
+            for index, weights in self.token_weights.items():
+                probs[index] = probs[index] * torch.as_tensor(weights, dtype=probs.dtype)
+        if self.record:
+            self.maps.setdefault(name, []).append(probs[:self.conditional_batch].mean(1).detach())
+        return probs.reshape(batch * heads, *probs.shape[2:])
+
+
+class _ControlledCrossAttnProcessor:
+    """diffusers' AttnProcessor (explicit probabilities) with the probabilities passed through a control."""
+
+    def __init__(self, name: str, control: CrossAttentionControl):
+        self.name, self.control = name, control
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args,
+                 **kwargs):
+        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
+        value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
+        probs = self.control.edit(self.name, attn.get_attention_scores(query, key, None), attn.heads)
+        out = attn.batch_to_head_dim(torch.bmm(probs, value))
+        return attn.to_out[1](attn.to_out[0](out)) / attn.rescale_output_factor
+
+
+def cross_attention_layers(unet) -> dict:
+    """{module path: Attention} for every cross-attention layer (the attn2 of each transformer block)."""
+    return {name: module for name, module in unet.named_modules() if name.endswith("attn2")}
+
+
+class controlled:
+    """Context manager: route the UNet's cross-attention through ``control``, and restore the processors after."""
+
+    def __init__(self, unet, control: CrossAttentionControl):
+        self.unet, self.control = unet, control
+
+    def __enter__(self):
+        self.saved = {}
+        for name, module in cross_attention_layers(self.unet).items():
+            self.saved[name] = module.processor
+            module.set_processor(_ControlledCrossAttnProcessor(name, self.control))
+        return self.control
+
+    def __exit__(self, *exc):
+        layers = cross_attention_layers(self.unet)
+        for name, processor in self.saved.items():
+            layers[name].set_processor(processor)
+        return False
+
+
+@torch.no_grad()
+def sample_with_attention(unet, vae, text_encoder, prompts, scaling_factor: float, w: float = 2.0, steps: int = 20,
+                          seed: int = 0, z_T=None, token_weights=None, inject=None, inject_fraction: float = 0.6):
+    """Text-to-image with the cross-attention recorded (and edited if asked); returns (images, control).
+
+    With several prompts and ``z_T=None`` every prompt starts from the same noise (seeded), as prompt-to-prompt needs.
+    """
+    from . import sampling
+    from .schedules import get_schedule
+
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    n = len(prompts)
+    if z_T is None:
+        z_T = torch.randn((1, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size),
+                          generator=torch.Generator().manual_seed(seed)).expand(n, -1, -1, -1).clone()
+    control = CrossAttentionControl(n, token_weights, inject, inject_fraction)
+    control.total_steps = steps
+    context, null_context = encode_prompts(text_encoder, prompts), encode_prompts(text_encoder, [""] * n)
+    guided = latent_eps_model(unet, context, null_context, w)
+
+    def eps_model(z_t, t):
+        out = guided(z_t, t)
+        control.step += 1
+        return out
+
+    with controlled(unet, control):
+        z_0, _ = sampling.ddim_sample(eps_model, get_schedule("linear"), tuple(z_T.shape), steps=steps, x_T=z_T,
+                                      progress=False)
+    return decode(vae, z_0 / scaling_factor).clamp(-1, 1), control
+
+
+def token_maps(control: CrossAttentionControl, size: int = 32) -> torch.Tensor:
+    """(B, tokens, size, size): each token's cross-attention, averaged over heads, layers and steps, upsampled."""
+    per_layer = []
+    for steps in control.maps.values():
+        probs = torch.stack(steps).mean(0)  # (B, H*W, tokens)
+        side = int(round(probs.shape[1] ** 0.5))
+        grid = probs.transpose(1, 2).reshape(probs.shape[0], probs.shape[2], side, side)
+        per_layer.append(F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False))
+    return torch.stack(per_layer).mean(0)
+
+
+class TextToImageExplorer:
+    """Type a prompt, pick a guidance scale and a token: samples, and where that token's cross-attention falls.
+
+    Each (prompt, w) is sampled once (``n`` samples from fixed noise, DDIM ``steps``) and kept, so going back
+    is instant; ``latencies`` records each new setting's seconds. Unknown words become <unk> (the readout says so),
+    an empty prompt means "any shape".
+    """
+
+    def __init__(self, unet, vae, text_encoder, scaling_factor: float, prompt: str = "a red circle", n: int = 4,
+                 steps: int = 20, seed: int = 0, guidance=(0.0, 1.0, 2.0, 4.0)):
+        import ipywidgets as widgets
+
+        self.unet, self.vae, self.text_encoder, self.scaling_factor = unet, vae, text_encoder, scaling_factor
+        self.n, self.steps = n, steps
+        shape = (n, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+        self.z_T = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+        self.cache, self.latencies = {}, []
+        self.prompt = widgets.Text(value=prompt, description="prompt", continuous_update=False)
+        self.guidance = widgets.SelectionSlider(options=list(guidance), value=2.0 if 2.0 in guidance else guidance[0],
+                                                description="CFG w", continuous_update=False)
+        self.token = widgets.Dropdown(description="token")
+        self.samples_image, self.map_image = widgets.Image(format="png"), widgets.Image(format="png")
+        self.readout = widgets.Label()
+        self.prompt.observe(lambda change: self.show(), names="value")
+        self.guidance.observe(lambda change: self.show(), names="value")
+        self.token.observe(lambda change: self.show_map(), names="value")
+        self.show()
+        self.widget = widgets.VBox([widgets.HBox([self.prompt, self.guidance, self.token]), self.readout,
+                                    widgets.HBox([self.samples_image, self.map_image])])
+
+    def run(self, prompt: str, w: float):
+        key = (prompt, float(w))
+        if key not in self.cache:
+            start = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                images, control = sample_with_attention(self.unet, self.vae, self.text_encoder, [prompt] * self.n,
+                                                        self.scaling_factor, w, self.steps, z_T=self.z_T)
+            self.cache[key] = (images, token_maps(control))
+            self.latencies.append(time.perf_counter() - start)
+        return self.cache[key]
+
+    def show(self):
+        from .plotting import grid_png
+
+        prompt = self.prompt.value
+        images, _ = self.run(prompt, self.guidance.value)
+        self.samples_image.value = grid_png(images, ncols=self.n)
+        tokens = tokens_of(prompt)
+        unknown = [w for w in prompt.lower().split() if w not in CAPTION_WORDS]
+        note = f"unknown words {unknown} -> <unk>; " if unknown else ""
+        note += "empty prompt: any shape, any colour; " if not prompt.strip() else ""
+        self.readout.value = note + "tokens: " + " ".join(tokens)
+        options = [(f"{i}: {t}", i) for i, t in enumerate(tokens)]
+        if [o[1] for o in self.token.options] != [o[1] for o in options] or \
+                [o[0] for o in self.token.options] != [o[0] for o in options]:
+            self.token.options = options
+            self.token.value = len(tokens) - 2 if len(tokens) > 2 else 0
+        self.show_map()
+
+    def show_map(self):
+        from .plotting import grid_png
+
+        if self.token.value is None:
+            return
+        _, maps = self.run(self.prompt.value, self.guidance.value)
+        token_map = maps[:, self.token.value:self.token.value + 1]
+        scaled = token_map / token_map.amax(dim=(2, 3), keepdim=True).clamp(min=1e-8)
+        self.map_image.value = grid_png(scaled * 2 - 1, ncols=self.n)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def shape_masks(images: torch.Tensor, threshold: float = 0.3) -> torch.Tensor:
+    """(B, 1, H, W) {0, 1}: where an image differs from the shapes' background colour (the generated shape)."""
+    background = torch.tensor(datasets.BACKGROUND_RGB, dtype=images.dtype)[None, :, None, None] * 2 - 1
+    return ((images - background).abs().amax(1, keepdim=True) > threshold).float()
+
+
+def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image intersection over union of two {0, 1} masks (1 where both are empty)."""
+    a, b = a.flatten(1) > 0.5, b.flatten(1) > 0.5
+    union = (a | b).sum(1)
+    return torch.where(union > 0, (a & b).sum(1) / union.clamp(min=1), torch.ones(len(a)))
+
+
+def flops_per_call(fn) -> int:
+    """Floating-point operations of one call of fn() (torch's FLOP counter: matmuls and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
