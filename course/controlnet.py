@@ -188,11 +188,12 @@ def control_loss(unet, controlnet, x_0, condition, labels, schedule, generator=N
 
 
 def train_controlnet(unet, steps: int, batch_size: int = 64, lr: float = 1e-3, zero_init: bool = True,
-                     label_dropout: float = 0.5, seed: int = 0, progress: bool = True):
+                     label_dropout: float = 0.5, seed: int = 0, progress: bool = True, callback=None):
     """Train a ControlNet for the frozen ``unet`` on (mask, digit) pairs of the training digits.
 
     Returns (controlnet, losses). Half of the labels are dropped to the null label, so the control alone
-    must carry the shape.
+    must carry the shape. ``callback(step, controlnet)``, if given, is called before the first step and after
+    each one (step = optimiser steps taken), e.g. to score a learning curve; it runs in eval mode, without grad.
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -204,7 +205,15 @@ def train_controlnet(unet, steps: int, batch_size: int = 64, lr: float = 1e-3, z
     losses = []
     bar = tqdm(range(steps), desc="ControlNet" + ("" if zero_init else " (no zero convs)"), mininterval=2,
                disable=not progress)
-    for _ in bar:
+    def report(step):
+        if callback is not None:
+            controlnet.eval()
+            with torch.no_grad():
+                callback(step, controlnet)
+            controlnet.train()
+
+    report(0)
+    for step in bar:
         idx = torch.randint(0, len(images), (batch_size,), generator=gen)
         y = labels[idx].clone()
         y[torch.rand(batch_size, generator=gen) < label_dropout] = models.NULL_LABEL
@@ -214,6 +223,7 @@ def train_controlnet(unet, steps: int, batch_size: int = 64, lr: float = 1e-3, z
         opt.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        report(step + 1)
     return controlnet.eval(), losses
 
 
