@@ -11,6 +11,10 @@ Distance from base: |eps_controlled - eps_base| / |eps_base| on held-out digits 
 ControlNet (step 0) of each kind, and for the trained ones.
 IoU against the conditioning scale s for the shipped ControlNet (null label). Widget latency: the seconds
 ControlNetExplorer (8 samples, DDIM 10 steps) takes for each new (condition, scale), median and max.
+Early training (--curve-steps, 0 to skip): both kinds trained again from step 0 by the recipe's loop
+(course.controlnet.train_controlnet, batch 64, lr 1e-3, seed 0), scored at each of --curve-marks steps on the same
+held-out masks (null label, DDIM --curve-sample-steps steps) and by the distance from the base model, with the
+mean training loss over each stretch.
 """
 import argparse
 import statistics
@@ -29,6 +33,9 @@ def main():
     parser.add_argument("--n", type=int, default=297, help="held-out masks scored (297 = all)")
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps per sample")
     parser.add_argument("--scales", type=float, nargs="+", default=[0.0, 0.5, 1.0, 1.5])
+    parser.add_argument("--curve-steps", type=int, default=200, help="training steps of the early-training curve")
+    parser.add_argument("--curve-marks", type=int, nargs="+", default=[0, 10, 25, 50, 100, 200])
+    parser.add_argument("--curve-sample-steps", type=int, default=10)
     parser.add_argument("--name", default="controlnet_table")
     args = parser.parse_args()
     unet = train.load_digits_unet()
@@ -86,8 +93,33 @@ def main():
                      "max_s": round(max(explorer.latencies), 3), "cached_s": round(cached, 4)}]
     print_table([{k: v for k, v in r.items() if k != "table"} for r in latency_rows],
                 "ControlNetExplorer: seconds per new setting (8 samples, DDIM 10 steps), and per cached one")
-    save(args.name, adherence_rows + distance_rows + scale_rows + latency_rows +
-         [{"settings": {**vars(args), "threads": torch.get_num_threads()}}])
+    rows = adherence_rows + distance_rows + scale_rows + latency_rows
+    save(args.name, rows + [{"settings": {**vars(args), "threads": torch.get_num_threads()}}])
+
+    curve_rows = []
+    if args.curve_steps:
+        marks = sorted(m for m in set(args.curve_marks) if m <= args.curve_steps)
+        for name, zero_init in [("ControlNet", True), ("no zero convs", False)]:
+            def score_step(step, model):
+                if step in marks:
+                    result = cn.adherence(unet, model, masks, null, steps=args.curve_sample_steps)
+                    curve_rows.append({"table": "curve", "model": name, "step": step,
+                                       "iou": round(result["iou"], 4),
+                                       "distance_from_base": round(cn.distance_from_base(unet, model, n=len(images)), 5)})
+                    print(curve_rows[-1], flush=True)
+
+            start = time.perf_counter()
+            _, losses = cn.train_controlnet(unet, args.curve_steps, zero_init=zero_init, callback=score_step)
+            previous = 0
+            for row in (r for r in curve_rows if r["model"] == name):
+                window = losses[previous:row["step"]]
+                row["mean_loss_since_last_mark"] = round(sum(window) / len(window), 5) if window else None
+                previous = row["step"]
+            print(f"{name}: {args.curve_steps} steps and scoring in {time.perf_counter() - start:.0f} s")
+        print_table([{k: v for k, v in r.items() if k != "table"} for r in curve_rows],
+                    f"early training, the same budget for both (held-out masks, null label, DDIM "
+                    f"{args.curve_sample_steps} steps)")
+    save(args.name, rows + curve_rows + [{"settings": {**vars(args), "threads": torch.get_num_threads()}}])
 
 
 if __name__ == "__main__":

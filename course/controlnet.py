@@ -59,6 +59,17 @@ class ConditionEmbedding(nn.Module):
         return self.conv_out(h)
 
 
+def time_and_class_embedding(unet, x_t, t, class_labels=None):
+    """The embedding every ResNet block of ``unet`` (or of its copy) receives: time, plus class if it has one."""
+    t = validate.as_tensor("t", t).long().reshape(-1).expand(x_t.shape[0])
+    emb = unet.time_embedding(unet.time_proj(t).to(x_t.dtype))
+    if unet.class_embedding is not None:
+        if class_labels is None:
+            raise ValueError("this UNet is class-conditional: pass class_labels (NULL_LABEL = 10 for none)")
+        emb = emb + unet.class_embedding(class_labels)
+    return emb
+
+
 def _residual_channels(config) -> list[int]:
     """The channels of each skip connection a diffusers UNet's encoder emits, in order (conv_in first)."""
     channels = [config.block_out_channels[0]]
@@ -94,12 +105,7 @@ class ControlNet(nn.Module):
 
     def encode(self, x_t, t, condition, class_labels=None, encoder_hidden_states=None):
         """The copy's features before the zero convolutions: (skip connections, middle-block output)."""
-        t = validate.as_tensor("t", t).long().reshape(-1).expand(x_t.shape[0])
-        emb = self.time_embedding(self.time_proj(t).to(x_t.dtype))
-        if self.class_embedding is not None:
-            if class_labels is None:
-                raise ValueError("this ControlNet copies a class-conditional UNet: pass class_labels")
-            emb = emb + self.class_embedding(class_labels)
+        emb = time_and_class_embedding(self, x_t, t, class_labels)
         h = self.conv_in(x_t) + self.condition_embedding(condition)
         residuals = [h]
         for block in self.down_blocks:
@@ -130,12 +136,7 @@ class ControlNet(nn.Module):
 def unet_with_control(unet, x_t, t, class_labels=None, control=None):
     """A UNet2DModel's forward pass (diffusers' own, step by step) with the control residuals added to its skip
     connections and middle block by ``add_control``. ``control=None`` is the base model."""
-    t = validate.as_tensor("t", t).long().reshape(-1).expand(x_t.shape[0])
-    emb = unet.time_embedding(unet.time_proj(t).to(x_t.dtype))
-    if unet.class_embedding is not None:
-        if class_labels is None:
-            raise ValueError("this UNet is class-conditional: pass class_labels (NULL_LABEL = 10 for none)")
-        emb = emb + unet.class_embedding(class_labels)
+    emb = time_and_class_embedding(unet, x_t, t, class_labels)
     h = unet.conv_in(x_t)
     down_residuals = (h,)
     for block in unet.down_blocks:

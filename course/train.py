@@ -451,45 +451,40 @@ def run(name: str, steps: int | None = None, out: Path | None = None) -> dict:
 
 # --------------------------------------------------------------------------- loading
 
-def load_classifier(directory: Path | None = None) -> models.DigitClassifier:
-    state, entry = checkpoints.load_state("digit_classifier", directory or checkpoints.CHECKPOINT_DIR)
-    model = models.DigitClassifier(**entry["config"])
+def load_model(name: str, build: Callable[[dict], torch.nn.Module], directory: Path | None = None,
+               frozen: bool = False) -> torch.nn.Module:
+    """Checkpoint NAME, sha256-verified, into the model ``build(config from its manifest entry)``, in eval mode."""
+    state, entry = checkpoints.load_state(name, directory or checkpoints.CHECKPOINT_DIR)
+    model = build(dict(entry["config"] or {}))
     model.load_state_dict(state)
-    return model.eval()
+    model.eval()
+    return model.requires_grad_(False) if frozen else model
+
+
+def load_classifier(directory: Path | None = None) -> models.DigitClassifier:
+    return load_model("digit_classifier", lambda config: models.DigitClassifier(**config), directory)
 
 
 def load_digits_unet(directory: Path | None = None):
-    state, entry = checkpoints.load_state("digits_unet", directory or checkpoints.CHECKPOINT_DIR)
-    model = models.build_digits_unet()
-    model.load_state_dict(state)
-    return model.eval()
+    return load_model("digits_unet", lambda config: models.build_digits_unet(), directory)
 
 
 def load_noisy_classifier(directory: Path | None = None) -> models.NoisyDigitClassifier:
     """The shipped time-dependent classifier p_phi(y | x_t, t) of notebook 06 (sha256-verified)."""
-    state, entry = checkpoints.load_state("noisy_digit_classifier", directory or checkpoints.CHECKPOINT_DIR)
-    model = models.NoisyDigitClassifier(**entry["config"])
-    model.load_state_dict(state)
-    return model.eval()
+    return load_model("noisy_digit_classifier", lambda config: models.NoisyDigitClassifier(**config), directory)
 
 
 def load_shapes_classifier(directory: Path | None = None):
     from . import ldm
 
-    state, entry = checkpoints.load_state("shapes_classifier", directory or checkpoints.CHECKPOINT_DIR)
-    model = ldm.ShapesClassifier(**entry["config"])
-    model.load_state_dict(state)
-    return model.eval()
+    return load_model("shapes_classifier", lambda config: ldm.ShapesClassifier(**config), directory)
 
 
 def load_shapes_vae(name: str = "shapes_vae", directory: Path | None = None):
     """The shipped autoencoder ("shapes_vae", weak KL) or its KL = 0 twin ("shapes_vae_kl0")."""
     from . import ldm
 
-    state, entry = checkpoints.load_state(name, directory or checkpoints.CHECKPOINT_DIR)
-    model = ldm.build_vae()
-    model.load_state_dict(state)
-    return model.eval().requires_grad_(False)
+    return load_model(name, lambda config: ldm.build_vae(), directory, frozen=True)
 
 
 def load_latent_scaling_factor(name: str = "shapes_vae", directory: Path | None = None) -> float:
@@ -503,38 +498,29 @@ def load_latent_scaling_factor(name: str = "shapes_vae", directory: Path | None 
 def load_shapes_clip(directory: Path | None = None):
     from . import ldm
 
-    state, entry = checkpoints.load_state("shapes_clip", directory or checkpoints.CHECKPOINT_DIR)
-    model = ldm.TinyCLIP(**entry["config"])
-    model.load_state_dict(state)
-    return model.eval().requires_grad_(False)
+    return load_model("shapes_clip", lambda config: ldm.TinyCLIP(**config), directory, frozen=True)
 
 
 def load_shapes_ldm(name: str = "shapes_ldm", directory: Path | None = None):
     """The text-conditioned latent UNet of notebook 08, or by name its pixel-space twin ("shapes_pixel")."""
     from . import ldm
 
-    state, entry = checkpoints.load_state(name, directory or checkpoints.CHECKPOINT_DIR)
-    model = ldm.build_latent_unet(dict(entry["config"]))
-    model.load_state_dict(state)
-    return model.eval().requires_grad_(False)
+    return load_model(name, ldm.build_latent_unet, directory, frozen=True)
 
 
 def load_digits_controlnet(name: str = "digits_controlnet", directory: Path | None = None):
     """The shipped ControlNet of notebook 09 (or, by name, its ablation without zero convolutions)."""
     from . import controlnet as cn
 
-    state, entry = checkpoints.load_state(name, directory or checkpoints.CHECKPOINT_DIR)
-    model = cn.ControlNet(load_digits_unet(), **{k: v for k, v in entry["config"].items() if k != "embedding_channels"},
-                          embedding_channels=tuple(entry["config"]["embedding_channels"]))
-    model.load_state_dict(state)
-    return model.eval().requires_grad_(False)
+    def build(config):
+        config["embedding_channels"] = tuple(config["embedding_channels"])
+        return cn.ControlNet(load_digits_unet(), **config)  # the base always comes from the shipped checkpoints
+
+    return load_model(name, build, directory, frozen=True)
 
 
 def load_toy(dataset: str, directory: Path | None = None) -> models.TimeMLP:
-    state, entry = checkpoints.load_state(f"toy_{dataset}", directory or checkpoints.CHECKPOINT_DIR)
-    model = models.TimeMLP(**entry["config"])
-    model.load_state_dict(state)
-    return model.eval()
+    return load_model(f"toy_{dataset}", lambda config: models.TimeMLP(**config), directory)
 
 
 def main(argv=None) -> int:

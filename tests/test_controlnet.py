@@ -77,6 +77,14 @@ def test_the_copy_starts_learning_once_the_zero_convolutions_moved(unet):
     assert controlnet.condition_embedding.conv_out.weight.grad.norm() > 0
 
 
+def test_a_callback_sees_each_step_and_leaves_training_unchanged(unet):
+    seen = []
+    _, plain = cn.train_controlnet(unet, steps=2, batch_size=4, seed=1, progress=False)
+    _, watched = cn.train_controlnet(unet, steps=2, batch_size=4, seed=1, progress=False,
+                                     callback=lambda step, net: seen.append((step, net.training)))
+    assert plain == watched and seen == [(0, False), (1, False), (2, False)]
+
+
 def test_without_zero_convolutions_the_untrained_controlnet_moves_eps(unet):
     torch.manual_seed(0)
     assert cn.distance_from_base(unet, cn.ControlNet(unet), n=16) == 0.0
@@ -200,6 +208,8 @@ def test_shipped_controlnet_loads_and_follows_the_mask_better_than_the_base():
     quality = manifest["digits_controlnet"]["quality"]
     assert quality["iou_control"] > quality["iou_base_with_label"]
     assert quality["distance_from_base_at_step_0"] == 0.0
+    if "digits_controlnet_no_zero" in manifest:  # the ablation: random init moves the base model at step 0
+        assert manifest["digits_controlnet_no_zero"]["quality"]["distance_from_base_at_step_0"] > 0.05
     controlnet = train.load_digits_controlnet()
     assert not any(p.requires_grad for p in controlnet.parameters())
     assert any(conv.weight.abs().max() > 0 for conv in controlnet.zero_convs)
