@@ -4,8 +4,9 @@
 
 Prints (1) parameters, MFLOPs per sample per step, ms per step at batch 16 with CFG, for the latent UNet and its
 pixel-space twin, plus the decoder's one-off cost and the compression ratio; (2) shape / colour accuracy (the shipped
-shapes classifier) of samples for each of the twelve captions at CFG w = 0, 2, 4 for both models, with their
-training steps and wall time; (3) the text-to-image widget's latency. Saves benchmarks/results/ldm_table.json.
+shapes classifier) of samples for each of the twelve captions at CFG w = 0, 2, 4 for the latent model, the
+pixel-space twin trained on the same FLOPs, and the twin given four times that, with their training steps, compute and
+wall time; (3) the text-to-image widget's latency. Saves benchmarks/results/ldm_table.json.
 """
 import argparse
 import time
@@ -33,14 +34,18 @@ def main(argv=None):
     args = parser.parse_args(argv)
     manifest = checkpoints.read_manifest()
     vae, text_encoder, scaling = train.load_shapes_vae(), train.load_shapes_clip().text, train.load_latent_scaling_factor()
-    pixel_shipped = "shapes_pixel" in manifest
-    pixel = train.load_shapes_ldm("shapes_pixel") if pixel_shipped else ldm.build_latent_unet(ldm.pixel_unet_config())
+
+    def load(name):  # an untrained twin still measures compute
+        return train.load_shapes_ldm(name) if name in manifest else ldm.build_latent_unet(ldm.pixel_unet_config())
+
     models = {"latent": (train.load_shapes_ldm(), vae, (16, 4, 8, 8), "shapes_ldm"),
-              "pixel": (pixel, None, (16, 3, 32, 32), "shapes_pixel")}
+              "pixel": (load("shapes_pixel"), None, (16, 3, 32, 32), "shapes_pixel"),
+              "pixel, 4x training": (load("shapes_pixel_long"), None, (16, 3, 32, 32), "shapes_pixel_long")}
     context = ldm.encode_prompts(text_encoder, ["a red circle"] * 16)
-    compute = []
-    for name, (unet, _, shape, _) in models.items():
+    compute, mflops = [], {}
+    for name, (unet, _, shape, _) in list(models.items())[:2]:
         flops = ldm.flops_per_call(lambda: unet(torch.randn(1, *shape[1:]), 500, encoder_hidden_states=context[:1]))
+        mflops[name] = flops / 1e6
         compute.append({"space": name, "input": "x".join(map(str, shape[1:])), "parameters": sum(p.numel() for p in unet.parameters()),
                         "MFLOPs_per_sample_step": round(flops / 1e6, 1),
                         "ms_per_step_batch16_cfg": round(1e3 * seconds_per_step(unet, shape, context), 1)})
@@ -57,7 +62,9 @@ def main(argv=None):
         entry = manifest[entry_name]
         for w in (0.0, 2.0, 4.0):
             scores = train.text_to_image_accuracy(unet, decoder_vae, text_encoder, scaling, w, args.per_caption)
-            quality.append({"space": name, "train_steps": entry["steps"], "train_min": round(entry["wall_time_s"] / 60, 1),
+            train_compute = entry["steps"] * mflops[name.split(",")[0]] / (manifest["shapes_ldm"]["steps"] * mflops["latent"])
+            quality.append({"space": name, "train_steps": entry["steps"], "train_compute_vs_latent": round(train_compute, 2),
+                            "train_min": round(entry["wall_time_s"] / 60, 1),
                             "cfg_w": w, "shape_acc": scores["shape_accuracy"], "colour_acc": scores["colour_accuracy"],
                             "both_acc": scores["both_accuracy"], "n": scores["samples_scored"]})
     print_table(quality, f"caption adherence ({args.per_caption} samples per caption, DDIM 20 steps, shapes classifier)")
