@@ -10,7 +10,7 @@ import argparse
 import time
 
 from common import print_table, save
-from course import fid, sampling, train
+from course import ddim, fid, train
 from course.schedules import linear_schedule
 
 
@@ -19,7 +19,7 @@ def ddim_sampler(unet, steps: int, eta: float):
     schedule = linear_schedule()
 
     def sample(labels, seed):
-        x, _ = sampling.ddim_sample(lambda x, t: unet(x, t, class_labels=labels).sample, schedule,
+        x, _ = ddim.ddim_sample(lambda x, t: unet(x, t, class_labels=labels).sample, schedule,
                                     (len(labels), 1, 16, 16),
                                     steps=steps, eta=eta, seed=seed, progress=True)
         return x.clamp(-1, 1)

@@ -13,14 +13,14 @@ import time
 import torch
 
 from common import RESULTS, save
-from course import fid, sampling, train
+from course import ddpm, fid, train
 from course.schedules import linear_schedule
 from ddim_table import ddim_sampler
 
 
 def ddpm_1000(labels, seed):
     unet = train.load_digits_unet()
-    samples, _ = sampling.ddpm_sample(lambda x, t: unet(x, t, class_labels=labels).sample, linear_schedule(),
+    samples, _ = ddpm.ddpm_sample(lambda x, t: unet(x, t, class_labels=labels).sample, linear_schedule(),
                                       (len(labels), 1, 16, 16), seed=seed)
     return samples.clamp(-1, 1)
 

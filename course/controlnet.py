@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import datasets, models, sampling, validate
+from . import datasets, ddim, models, validate
 from .schedules import get_schedule
 
 
@@ -237,7 +237,7 @@ def sample_with_control(unet, controlnet, condition, labels, scale: float = 1.0,
         raise ValueError(f"the condition must be masks of shape (N, 1, 16, 16), got {tuple(condition.shape)}")
     labels = validate.as_tensor("labels", labels).long().reshape(-1).expand(len(condition))
     eps_model = controlled_eps_model(unet, controlnet, condition, labels, scale)
-    x_0, _ = sampling.ddim_sample(eps_model, get_schedule("linear"), tuple(condition.shape), steps=steps, seed=seed,
+    x_0, _ = ddim.ddim_sample(eps_model, get_schedule("linear"), tuple(condition.shape), steps=steps, seed=seed,
                                   x_T=x_T, progress=False)
     return x_0.clamp(-1, 1)
 

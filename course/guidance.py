@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from . import sampling, validate
+from . import ddim, validate
 from .plotting import grid_png
 from .models import NULL_LABEL, NUM_DIGIT_CLASSES
 from .schedules import NoiseSchedule, linear_schedule
@@ -193,7 +193,7 @@ def cfg_sampler(w: float, steps: int = 20, negative_labels=None, unet=None, eta:
         out = []
         for start in range(0, len(labels), batch_size):
             part = slice(start, start + batch_size)
-            x, _ = sampling.ddim_sample(
+            x, _ = ddim.ddim_sample(
                 cfg_eps_model(unet, labels[part], w, None if negative is None else negative[part]), schedule,
                 tuple(x_T[part].shape), steps=steps, eta=eta, seed=seed + start, x_T=x_T[part], progress=progress)
             out.append(x)
@@ -218,7 +218,7 @@ def classifier_guided_sampler(w: float, steps: int = 20, classifier=None, unet=N
         base = labels if base_labels == "class" else None
         eps_model = classifier_guided_eps_model(
             lambda x, t: unet(x, t, class_labels=as_labels(base, len(x))).sample, classifier, schedule, labels, w)
-        x, _ = sampling.ddim_sample(eps_model, schedule, (len(labels), 1, 16, 16), steps=steps, seed=seed,
+        x, _ = ddim.ddim_sample(eps_model, schedule, (len(labels), 1, 16, 16), steps=steps, seed=seed,
                                     progress=progress)
         return x.clamp(-1, 1)
     return sample
@@ -274,7 +274,7 @@ class GuidanceExplorer:
             n = len(self.x_T)
             eps_model = cfg_eps_model(self.unet, torch.full((n,), label), key[0],
                                       None if negative == NULL_LABEL else torch.full((n,), negative))
-            x, _ = sampling.ddim_sample(eps_model, self.schedule, tuple(self.x_T.shape), steps=self.steps,
+            x, _ = ddim.ddim_sample(eps_model, self.schedule, tuple(self.x_T.shape), steps=self.steps,
                                         x_T=self.x_T, progress=False)
             self.samples[key] = x.clamp(-1, 1)
         return self.samples[key]

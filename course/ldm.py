@@ -291,7 +291,7 @@ def latent_eps_model(unet, context: torch.Tensor, null_context: torch.Tensor, w:
 def text_to_latents(unet, text_encoder, prompts, w: float = 2.0, steps: int = 20, seed: int = 0, z_T=None,
                     keep=()):
     """DDIM (eta = 0) in latent space, one sample per prompt; returns (z_0, frames) in scaled latent units."""
-    from . import sampling
+    from . import ddim
     from .schedules import get_schedule
 
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -300,7 +300,7 @@ def text_to_latents(unet, text_encoder, prompts, w: float = 2.0, steps: int = 20
     context = encode_prompts(text_encoder, prompts)
     null_context = encode_prompts(text_encoder, [""] * len(prompts))
     shape = (len(prompts), unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-    return sampling.ddim_sample(latent_eps_model(unet, context, null_context, w), get_schedule("linear"), shape,
+    return ddim.ddim_sample(latent_eps_model(unet, context, null_context, w), get_schedule("linear"), shape,
                                 steps=steps, seed=seed, x_T=z_T, keep=keep, progress=False)
 
 
@@ -399,7 +399,7 @@ def sample_with_attention(unet, vae, text_encoder, prompts, scaling_factor: floa
 
     With several prompts and ``z_T=None`` every prompt starts from the same noise (seeded), as prompt-to-prompt needs.
     """
-    from . import sampling
+    from . import ddim
     from .schedules import get_schedule
 
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -418,7 +418,7 @@ def sample_with_attention(unet, vae, text_encoder, prompts, scaling_factor: floa
         return out
 
     with controlled(unet, control):
-        z_0, _ = sampling.ddim_sample(eps_model, get_schedule("linear"), tuple(z_T.shape), steps=steps, x_T=z_T,
+        z_0, _ = ddim.ddim_sample(eps_model, get_schedule("linear"), tuple(z_T.shape), steps=steps, x_T=z_T,
                                       progress=False)
     return decode(vae, z_0 / scaling_factor).clamp(-1, 1), control
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import losses, sampling, validate
+from . import ddim, ddpm, validate
 from .plotting import grid_png
 from .models import NULL_LABEL, NUM_DIGIT_CLASSES
 from .schedules import get_schedule
@@ -273,7 +273,7 @@ def fine_tune(unet: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps
         idx = torch.randint(0, len(images), (batch_size,), generator=gen)
         y = labels[idx].clone()
         y[torch.rand(batch_size, generator=gen) < label_dropout] = NULL_LABEL
-        loss = losses.random_l_simple(lambda x, t: unet(x, t, class_labels=y).sample, schedule, images[idx], gen)
+        loss = ddpm.random_l_simple(lambda x, t: unet(x, t, class_labels=y).sample, schedule, images[idx], gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -312,7 +312,7 @@ def sample_digits(unet: nn.Module, labels: torch.Tensor, seed: int = 0, steps: i
     chunks = list(zip(x_T.split(batch_size), labels.split(batch_size)))
     for x_chunk, y_chunk in tqdm(chunks, desc=f"sampling {len(labels)}", disable=not progress or len(chunks) < 2,
                                  leave=False):
-        x, _ = sampling.ddim_sample(lambda x, t: unet(x, t, class_labels=y_chunk).sample, schedule,
+        x, _ = ddim.ddim_sample(lambda x, t: unet(x, t, class_labels=y_chunk).sample, schedule,
                                     tuple(x_chunk.shape), steps=steps, x_T=x_chunk, progress=False)
         out.append(x.clamp(-1, 1))
     return torch.cat(out)

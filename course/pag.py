@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import sampling, validate
+from . import ddim, validate
 from .plotting import grid_png
 from .models import NULL_LABEL
 from .schedules import linear_schedule
@@ -255,7 +255,7 @@ def pag_cfg_predictions(unet, x_t: torch.Tensor, t, labels, layers=DEFAULT_LAYER
 
 def guided_eps_model(unet, s: float, layers=DEFAULT_LAYERS, strategy: str = "identity", labels=None,
                      w: float | None = None, t_range: tuple[int, int] | None = None):
-    """eps_model(x_t, t) for ``sampling.ddim_sample``: PAG at scale s (and CFG at scale w when w is given).
+    """eps_model(x_t, t) for ``ddim.ddim_sample``: PAG at scale s (and CFG at scale w when w is given).
 
     Without w the model is unconditional (null label; ``labels`` ignored). With w it is PAG + CFG on ``labels``.
     s = 0 and no w costs one pass; PAG two; PAG + CFG three, always in one batch. ``t_range = (lo, hi)`` applies
@@ -299,7 +299,7 @@ def pag_sampler(s: float, layers=DEFAULT_LAYERS, steps: int = 20, strategy: str 
         for start in range(0, len(labels), batch_size):
             y = labels[start:start + batch_size]
             eps_model = guided_eps_model(unet, s, layers, strategy, y, w, t_range)
-            x, _ = sampling.ddim_sample(eps_model, schedule, tuple(x_T[start:start + batch_size].shape), steps=steps,
+            x, _ = ddim.ddim_sample(eps_model, schedule, tuple(x_T[start:start + batch_size].shape), steps=steps,
                                         x_T=x_T[start:start + batch_size], progress=progress)
             out.append(x.clamp(-1, 1))
         return torch.cat(out)
@@ -368,7 +368,7 @@ class PAGExplorer:
         key = self._key(s, layer_name)
         if key not in self.samples:
             eps_model = guided_eps_model(self.unet, s, key[1] or DEFAULT_LAYERS)
-            self.samples[key], _ = sampling.ddim_sample(eps_model, linear_schedule(), tuple(self.x_T.shape),
+            self.samples[key], _ = ddim.ddim_sample(eps_model, linear_schedule(), tuple(self.x_T.shape),
                                                         steps=self.steps, x_T=self.x_T, progress=False)
         return self.samples[key]
 

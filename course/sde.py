@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import sampling, validate
+from . import ddim, validate
 from .schedules import NoiseSchedule
 
 ScoreFn = Callable[[torch.Tensor, float], torch.Tensor]
@@ -271,10 +271,10 @@ def euler_maruyama_sample(score: ScoreFn, sde: VPSDE, shape: tuple, steps: int =
     """Sample by Euler-Maruyama on the reverse-time SDE (eq. 6): ``steps`` score evaluations, the last one denoises.
 
     With steps = T on the VP SDE of DDPM's schedule, every step is DDPM's ancestral step up to O(beta_t^2)
-    and the noises are drawn in the same order as sampling.ddpm_sample's.
+    and the noises are drawn in the same order as ddpm.ddpm_sample's (course.ddpm).
     """
     gen = torch.Generator().manual_seed(seed)
-    x = sampling.initial_noise(shape, gen, x_T)
+    x = ddim.initial_noise(shape, gen, x_T)
     grid = time_grid(steps, sde.T)
     path = [(grid[0], x.clone())] if keep_path else []
     for s, s_next in tqdm(list(zip(grid, grid[1:])), desc=f"Euler-Maruyama, {steps} steps", disable=not progress,
@@ -298,7 +298,7 @@ def ode_sample(score: ScoreFn, sde: VPSDE, shape: tuple, steps: int = 50, method
     if method not in ("euler", "heun"):
         raise ValueError(f"method must be 'euler' or 'heun', got {method!r}")
     gen = torch.Generator().manual_seed(seed)
-    x = sampling.initial_noise(shape, gen, x_T)
+    x = ddim.initial_noise(shape, gen, x_T)
     grid = time_grid(steps, sde.T)
     path = [(grid[0], x.clone())] if keep_path else []
     nfe = 0
@@ -332,7 +332,7 @@ def solve_ivp_sample(score: ScoreFn, sde: VPSDE, shape: tuple, rtol: float = 1e-
     from scipy.integrate import solve_ivp
 
     gen = torch.Generator().manual_seed(seed)
-    x = sampling.initial_noise(shape, gen, x_T)
+    x = ddim.initial_noise(shape, gen, x_T)
     s_min = 1.0 / sde.T
 
     def fun(s, y):
@@ -360,7 +360,7 @@ def pc_sample(score: ScoreFn, sde: VPSDE, shape: tuple, steps: int = 50, correct
     if corrector_steps < 0:
         raise ValueError(f"corrector_steps must be >= 0, got {corrector_steps}")
     gen = torch.Generator().manual_seed(seed)
-    x = sampling.initial_noise(shape, gen, x_T)
+    x = ddim.initial_noise(shape, gen, x_T)
     grid = time_grid(steps, sde.T)
     path = [(grid[0], x.clone())] if keep_path else []
     nfe = 0

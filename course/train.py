@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import checkpoints, datasets, losses, metrics, models, sampling
+from . import checkpoints, datasets, ddpm, metrics, models
 from .schedules import get_schedule
 
 
@@ -109,7 +109,7 @@ def fit_toy(model: torch.nn.Module, data: torch.Tensor, schedule, steps: int, ba
     bar = tqdm(range(steps), desc=desc, mininterval=1, file=sys.stdout)
     for _ in bar:
         batch = data[torch.randint(0, len(data), (batch_size,), generator=gen)]
-        loss = losses.random_l_simple(model, schedule, batch, gen)
+        loss = ddpm.random_l_simple(model, schedule, batch, gen)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -125,7 +125,7 @@ def train_toy(recipe: Recipe, steps: int):
     history = fit_toy(model, data, schedule, steps, recipe.batch_size, recipe.lr, recipe.seed, desc=recipe.name)
     loss = torch.tensor(history[-1])
     held_out, _ = datasets.toy_2d(recipe.options["dataset"], n=1000, seed=recipe.seed + 1)
-    samples, _ = sampling.ddpm_sample(model, schedule, (1000, 2), seed=recipe.seed, progress=False)
+    samples, _ = ddpm.ddpm_sample(model, schedule, (1000, 2), seed=recipe.seed, progress=False)
     quality = {"energy_distance_to_held_out": round(metrics.energy_distance(samples, held_out), 5)}
     return model, loss.item(), quality
 
@@ -174,7 +174,7 @@ def train_unet(recipe: Recipe, steps: int):
         idx = torch.randint(0, len(images), (recipe.batch_size,), generator=gen)
         y = labels[idx].clone()
         y[torch.rand(len(y), generator=gen) < recipe.options["label_dropout"]] = models.NULL_LABEL
-        loss = losses.random_l_simple(lambda x, t: model(x, t, class_labels=y).sample, schedule, images[idx], gen)
+        loss = ddpm.random_l_simple(lambda x, t: model(x, t, class_labels=y).sample, schedule, images[idx], gen)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -196,7 +196,7 @@ def unet_class_accuracy(unet, per_class: int, seed: int = 0) -> dict:
         return {"class_accuracy": None, "note": str(err)}
     unet.eval()
     y = torch.arange(models.NUM_DIGIT_CLASSES).repeat_interleave(per_class)
-    samples, _ = sampling.ddpm_sample(lambda x, t: unet(x, t, class_labels=y).sample, get_schedule("linear"),
+    samples, _ = ddpm.ddpm_sample(lambda x, t: unet(x, t, class_labels=y).sample, get_schedule("linear"),
                                       (len(y), 1, 16, 16), seed=seed)
     accuracy = (classifier(samples.clamp(-1, 1)).argmax(1) == y).float().mean().item()
     real_accuracy = checkpoints.read_manifest()["digit_classifier"]["quality"]["test_accuracy"]
@@ -392,7 +392,7 @@ def train_latent_unet(recipe: Recipe, steps: int):
         ids[torch.rand(len(ids), generator=gen) < recipe.options["caption_dropout"]] = empty_prompt
         with torch.no_grad():
             context = text_encoder(ids)
-        loss = losses.random_l_simple(lambda z, t: unet(z, t, encoder_hidden_states=context).sample, schedule,
+        loss = ddpm.random_l_simple(lambda z, t: unet(z, t, encoder_hidden_states=context).sample, schedule,
                                       latents[idx], gen)
         return loss, {"loss": f"{loss.item():.4f}"}
 

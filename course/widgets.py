@@ -118,13 +118,13 @@ def forward_process_scrubber(x_0, schedule, timesteps, seed: int = 0) -> Timeste
 def reverse_process_scrubber(frames: dict, lim: float = 3.5, ncols: int = 5) -> TimestepScrubber:
     """Scrub a DDPM reverse trajectory: x_t beside the model's predicted x_0, from t = T-1 down to 0.
 
-    ``frames`` maps t to (x_t, x0_pred), as returned by ``sampling.ddpm_sample(..., keep=...)``:
+    ``frames`` maps t to (x_t, x0_pred), as returned by ``ddpm.ddpm_sample(..., keep=...)``:
     images (B, C, H, W) show as two grids, points (B, 2) as two scatter plots.
     """
     from .plotting import image_grid, scatter2d
 
     if not frames:
-        raise ValueError("frames is empty: pass keep=(...) to sampling.ddpm_sample to record timesteps")
+        raise ValueError("frames is empty: pass keep=(...) to ddpm.ddpm_sample to record timesteps")
     ts = sorted(frames, reverse=True)
 
     def render(pair, i):
@@ -152,7 +152,7 @@ class DDIMExplorer:
     The noise x_T is fixed, so changing the steps shows the same digits drawn with coarser or finer sub-sequences
     (for eta = 0). A trajectory is sampled the first time its (steps, eta) is chosen and kept; each frame is
     rendered to PNG once, when first shown. ``sample(steps, eta, x_T)`` returns (x_0, frames) as
-    ``sampling.ddim_sample(..., keep="all")`` does; the last frame shows the sample x_0 itself.
+    ``ddim.ddim_sample(..., keep="all")`` does; the last frame shows the sample x_0 itself.
     """
 
     def __init__(self, sample: Callable, x_T, steps_choices=(5, 10, 20, 50), eta_choices=(0.0, 0.5, 1.0),

@@ -3,7 +3,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from course import sampling
+from course import ddim, ddpm
 from course.exercises import ExerciseFailed, check_ddim_step
 from course.schedules import get_schedule
 
@@ -19,10 +19,10 @@ def _scheduler(steps, spacing):
     return scheduler
 
 
-@pytest.mark.parametrize("spacing", sampling.SPACINGS)
+@pytest.mark.parametrize("spacing", ddim.SPACINGS)
 @pytest.mark.parametrize("steps", [10, 20, 50, 100, 30])
 def test_timesteps_match_diffusers(steps, spacing):
-    assert sampling.ddim_timesteps(steps, 1000, spacing) == _scheduler(steps, spacing).timesteps.tolist()
+    assert ddim.ddim_timesteps(steps, 1000, spacing) == _scheduler(steps, spacing).timesteps.tolist()
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.3, 1.0])
@@ -34,7 +34,7 @@ def test_step_matches_diffusers_on_the_trailing_sub_sequence(eta):
     for t, t_prev in zip(taus, taus[1:] + [-1]):
         eps, noise = torch.randn(x.shape, generator=gen), torch.randn(x.shape, generator=gen)
         theirs = scheduler.step(eps, t, x, eta=eta, variance_noise=noise).prev_sample
-        ours = sampling.ddim_step(SCHEDULE, eps, x, t, t_prev, eta, noise=noise)
+        ours = ddim.ddim_step(SCHEDULE, eps, x, t, t_prev, eta, noise=noise)
         assert (ours - theirs).abs().max() < 1e-5
         x = ours
 
@@ -43,16 +43,16 @@ def test_eta_one_with_every_timestep_is_the_ddpm_step():
     gen = torch.Generator().manual_seed(1)
     for t in (999, 500, 1):
         x, eps, noise = (torch.randn(4, 2, generator=gen, dtype=torch.float64) for _ in range(3))
-        ddim = sampling.ddim_step(SCHEDULE, eps, x, t, t - 1, 1.0, noise=noise)
-        assert torch.allclose(ddim, sampling.ddpm_step(SCHEDULE, eps, x, t, noise=noise), atol=1e-12)
+        x_ddim = ddim.ddim_step(SCHEDULE, eps, x, t, t - 1, 1.0, noise=noise)
+        assert torch.allclose(x_ddim, ddpm.ddpm_step(SCHEDULE, eps, x, t, noise=noise), atol=1e-12)
 
 
 def test_eta_zero_is_deterministic_and_eta_one_is_not():
     model = lambda x, t: 0.1 * x  # noqa: E731
     x_T = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
-    a, _ = sampling.ddim_sample(model, SCHEDULE, (5, 2), steps=10, seed=1, x_T=x_T, progress=False)
-    b, _ = sampling.ddim_sample(model, SCHEDULE, (5, 2), steps=10, seed=2, x_T=x_T, progress=False)
-    c, _ = sampling.ddim_sample(model, SCHEDULE, (5, 2), steps=10, eta=1.0, seed=2, x_T=x_T, progress=False)
+    a, _ = ddim.ddim_sample(model, SCHEDULE, (5, 2), steps=10, seed=1, x_T=x_T, progress=False)
+    b, _ = ddim.ddim_sample(model, SCHEDULE, (5, 2), steps=10, seed=2, x_T=x_T, progress=False)
+    c, _ = ddim.ddim_sample(model, SCHEDULE, (5, 2), steps=10, eta=1.0, seed=2, x_T=x_T, progress=False)
     assert torch.equal(a, b) and not torch.allclose(a, c)
 
 
@@ -64,29 +64,29 @@ def test_inversion_of_an_exact_model_reconstructs():
         alpha_bar = SCHEDULE.alpha_bar[t].reshape(-1, 1)
         return (x - alpha_bar.sqrt() * x_star) / (1 - alpha_bar).sqrt()
 
-    x_T = sampling.ddim_invert(exact, SCHEDULE, x_star.clone(), steps=10, progress=False)
-    back, _ = sampling.ddim_sample(exact, SCHEDULE, (1, 2), steps=10, x_T=x_T, progress=False)
+    x_T = ddim.ddim_invert(exact, SCHEDULE, x_star.clone(), steps=10, progress=False)
+    back, _ = ddim.ddim_sample(exact, SCHEDULE, (1, 2), steps=10, x_T=x_T, progress=False)
     assert torch.allclose(back, x_star, atol=1e-8)
 
 
 def test_slerp_keeps_the_norm_and_the_ends():
     gen = torch.Generator().manual_seed(0)
     z_0, z_1 = torch.randn(1, 1, 16, 16, generator=gen), torch.randn(1, 1, 16, 16, generator=gen)
-    assert torch.allclose(sampling.slerp(z_0, z_1, 0.0), z_0, atol=1e-5)
-    assert torch.allclose(sampling.slerp(z_0, z_1, 1.0), z_1, atol=1e-5)
-    mid = sampling.slerp(z_0, z_1, 0.5)
+    assert torch.allclose(ddim.slerp(z_0, z_1, 0.0), z_0, atol=1e-5)
+    assert torch.allclose(ddim.slerp(z_0, z_1, 1.0), z_1, atol=1e-5)
+    mid = ddim.slerp(z_0, z_1, 0.5)
     assert abs(mid.norm() / z_0.norm() - 1) < 0.1 < 1 - ((z_0 + z_1) / 2).norm() / z_0.norm()
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: sampling.ddim_timesteps(0), "steps"),
-    (lambda: sampling.ddim_timesteps(2000), "at most"),
-    (lambda: sampling.ddim_timesteps(10, spacing="even"), "spacing"),
-    (lambda: sampling.ddim_step(SCHEDULE, torch.zeros(2, 2), torch.zeros(2, 2), 10, 10), "t_prev"),
-    (lambda: sampling.ddim_step(SCHEDULE, torch.zeros(2, 2), torch.zeros(2, 2), 1000, 10), "t"),
-    (lambda: sampling.ddim_step(SCHEDULE, torch.zeros(2, 2), torch.zeros(2, 3), 10, 5), "shape"),
-    (lambda: sampling.ddim_step(SCHEDULE, torch.zeros(2, 2), torch.zeros(2, 2), 10, 5, eta=-1), "eta"),
-    (lambda: sampling.ddim_sample(lambda x, t: x, SCHEDULE, (2, 2), x_T=torch.zeros(3, 2)), "x_T"),
+    (lambda: ddim.ddim_timesteps(0), "steps"),
+    (lambda: ddim.ddim_timesteps(2000), "at most"),
+    (lambda: ddim.ddim_timesteps(10, spacing="even"), "spacing"),
+    (lambda: ddim.ddim_step(SCHEDULE, torch.zeros(2, 2), torch.zeros(2, 2), 10, 10), "t_prev"),
+    (lambda: ddim.ddim_step(SCHEDULE, torch.zeros(2, 2), torch.zeros(2, 2), 1000, 10), "t"),
+    (lambda: ddim.ddim_step(SCHEDULE, torch.zeros(2, 2), torch.zeros(2, 3), 10, 5), "shape"),
+    (lambda: ddim.ddim_step(SCHEDULE, torch.zeros(2, 2), torch.zeros(2, 2), 10, 5, eta=-1), "eta"),
+    (lambda: ddim.ddim_sample(lambda x, t: x, SCHEDULE, (2, 2), x_T=torch.zeros(3, 2)), "x_T"),
 ])
 def test_bad_input_gives_a_clear_error(call, message):
     with pytest.raises(ValueError, match=message):

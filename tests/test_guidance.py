@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from course import datasets, guidance, models, sampling, train
+from course import datasets, guidance, models, train
 from course.exercises import ExerciseFailed, check_cfg_combine, check_classifier_guided_eps, check_drop_labels
 from course.schedules import linear_schedule
 

@@ -100,13 +100,13 @@ def test_pag_predictions_use_one_forward_pass(unet, batch):
 
 
 def test_sampler_without_guidance_is_plain_ddim_and_stays_in_range(unet):
-    from course import sampling
+    from course import ddim
     from course.schedules import linear_schedule
 
     labels = torch.arange(4)
     plain = pag.pag_sampler(0, steps=3, unet=unet)(labels, seed=5)
     x_T = torch.randn((4, 1, 16, 16), generator=torch.Generator().manual_seed(5))
-    reference, _ = sampling.ddim_sample(lambda x, t: unet(x, t, class_labels=torch.full((4,), 10)).sample,
+    reference, _ = ddim.ddim_sample(lambda x, t: unet(x, t, class_labels=torch.full((4,), 10)).sample,
                                         linear_schedule(), (4, 1, 16, 16), steps=3, x_T=x_T, progress=False)
     assert torch.allclose(plain, reference.clamp(-1, 1), atol=1e-5)
     guided = pag.pag_sampler(2.0, ("mid",), steps=3, unet=unet, batch_size=2)(labels, seed=5)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from course import datasets, forward, metrics, sampling, sde, train
+from course import datasets, ddim, ddpm, forward, metrics, sde, train
 from course.exercises import ExerciseFailed, check_pf_ode_drift, check_reverse_em_step
 from course.schedules import get_schedule
 
@@ -133,10 +133,10 @@ def _one_step_gap(toy, t: int, h: int) -> float:
     noise = torch.randn(x_0.shape, generator=gen)
     with torch.no_grad():
         eps = toy(x_t, torch.full((1000,), t))
-    ddpm = sampling.ddim_step(SCHEDULE, eps, x_t, t, t - h, eta=1.0, noise=noise)
+    x_ddpm = ddim.ddim_step(SCHEDULE, eps, x_t, t, t - h, eta=1.0, noise=noise)
     s = VP.time(t)
     em = sde.em_step(VP, x_t, s, h / VP.T, sde.score_from_eps(eps, VP.marginal_std(s)), noise)
-    return ((em - ddpm).norm(dim=1).mean() / (ddpm - x_t).norm(dim=1).mean()).item()
+    return ((em - x_ddpm).norm(dim=1).mean() / (x_ddpm - x_t).norm(dim=1).mean()).item()
 
 
 def test_em_step_approaches_the_ddpm_step_as_steps_shrink(toy):
@@ -146,18 +146,18 @@ def test_em_step_approaches_the_ddpm_step_as_steps_shrink(toy):
     # with h = 1 the DDPM step is the ancestral step of Algorithm 2 itself
     gen = torch.Generator().manual_seed(0)
     x_t, eps, noise = torch.randn(5, 2), torch.randn(5, 2), torch.randn(5, 2)
-    assert torch.allclose(sampling.ddim_step(SCHEDULE, eps, x_t, 300, 299, 1.0, noise=noise),
-                          sampling.ddpm_step(SCHEDULE, eps, x_t, 300, noise=noise), atol=1e-5)
+    assert torch.allclose(ddim.ddim_step(SCHEDULE, eps, x_t, 300, 299, 1.0, noise=noise),
+                          ddpm.ddpm_step(SCHEDULE, eps, x_t, 300, noise=noise), atol=1e-5)
     del gen
 
 
 def test_em_with_T_steps_follows_ddpm_sample(toy):
     """The same noises in the same order: 1000 EM steps land where Algorithm 2 does, for most samples."""
-    ddpm, _ = sampling.ddpm_sample(toy, SCHEDULE, (300, 2), seed=0, progress=False)
+    x_ddpm, _ = ddpm.ddpm_sample(toy, SCHEDULE, (300, 2), seed=0, progress=False)
     em, info = sde.euler_maruyama_sample(sde.eps_model_score(toy, VP), VP, (300, 2), steps=1000, seed=0,
                                          progress=False)
     assert info["nfe"] == 1000
-    assert (em - ddpm).norm(dim=1).median() < 0.05
+    assert (em - x_ddpm).norm(dim=1).median() < 0.05
 
 
 # --------------------------------------------------------------------------- samplers on the exact mixture

@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from course import checkpoints, models, sampling, train
+from course import checkpoints, ddpm, models, train
 from course.schedules import linear_schedule
 
 
@@ -81,7 +81,7 @@ def test_ddpm_step_matches_diffusers_step(t):
     x_t, eps = torch.randn(4, 1, 8, 8, dtype=torch.float64), torch.randn(4, 1, 8, 8, dtype=torch.float64)
     theirs = scheduler.step(eps, t, x_t, generator=torch.Generator().manual_seed(3)).prev_sample
     z = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    assert torch.allclose(sampling.ddpm_step(linear_schedule(), eps, x_t, t, noise=z), theirs, atol=1e-5)
+    assert torch.allclose(ddpm.ddpm_step(linear_schedule(), eps, x_t, t, noise=z), theirs, atol=1e-5)
 
 
 def test_ddpm_sample_with_the_exact_eps_of_a_point_mass_recovers_it():
@@ -91,7 +91,7 @@ def test_ddpm_sample_with_the_exact_eps_of_a_point_mass_recovers_it():
         ab = schedule.alpha_bar[t].float().reshape(-1, 1)
         return (x_t - ab.sqrt() * target) / (1 - ab).sqrt()
 
-    x_0, frames = sampling.ddpm_sample(exact_eps, schedule, (64, 2), seed=0, keep=(500,), progress=False)
+    x_0, frames = ddpm.ddpm_sample(exact_eps, schedule, (64, 2), seed=0, keep=(500,), progress=False)
     assert torch.allclose(x_0, target.expand(64, 2), atol=1e-3)
     assert set(frames) == {500}
 

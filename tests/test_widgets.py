@@ -49,11 +49,11 @@ def test_forward_process_scrubber_over_image_and_points():
 
 
 def test_reverse_process_scrubber_runs_from_noise_to_data_for_points_and_images():
-    from course import sampling, train
+    from course import ddim, ddpm, train
     from course.widgets import reverse_process_scrubber
 
     model = train.load_toy("swiss_roll")
-    _, frames = sampling.ddpm_sample(model, linear_schedule(), (200, 2), seed=0, keep=(999, 500, 0), progress=False)
+    _, frames = ddpm.ddpm_sample(model, linear_schedule(), (200, 2), seed=0, keep=(999, 500, 0), progress=False)
     scrubber = reverse_process_scrubber(frames)
     assert scrubber.labels == ["t = 999", "t = 500", "t = 0"] and len(set(scrubber.pngs)) == 3
     scrubber.slider.value = 2
@@ -67,14 +67,14 @@ def test_reverse_process_scrubber_runs_from_noise_to_data_for_points_and_images(
 
 
 def test_ddim_explorer_samples_each_setting_once_and_renders_each_frame_once():
-    from course import sampling
+    from course import ddim, ddpm
     from course.widgets import DDIMExplorer
 
     schedule = linear_schedule()
     x_T = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 
     def sample(steps, eta, x_T):
-        return sampling.ddim_sample(lambda x, t: 0.1 * x, schedule, tuple(x_T.shape), steps=steps, eta=eta,
+        return ddim.ddim_sample(lambda x, t: 0.1 * x, schedule, tuple(x_T.shape), steps=steps, eta=eta,
                                     x_T=x_T, keep="all", progress=False)
 
     explorer = DDIMExplorer(sample, x_T, steps_choices=(5, 10), eta_choices=(0.0, 1.0))

@@ -12,7 +12,7 @@ from .core import ExerciseFailed, call_student, compare, passed  # noqa: F401
 from .attention import check_multi_head_attention, check_scaled_dot_product_attention  # noqa: F401
 from .datasets import check_to_model_range  # noqa: F401
 from .forward import check_q_posterior, check_q_sample  # noqa: F401
-from .losses import check_ddpm_step, check_l_simple  # noqa: F401
+from .ddpm import check_ddpm_step, check_l_simple  # noqa: F401
 from .fid import check_feature_statistics, check_frechet_distance  # noqa: F401
 from .ddim import check_ddim_step  # noqa: F401
 from .pag import check_pag_epsilon, check_perturbed_self_attention  # noqa: F401

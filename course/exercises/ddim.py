@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from diffusers import DDIMScheduler
 
-from .. import sampling
+from .. import ddim
 from ..schedules import get_schedule
 from .core import ExerciseFailed, call_student, compare, passed
 
@@ -34,12 +34,12 @@ def _cases(seed: int = 0):
 def _hint(got, schedule, eps, x_t, t, t_prev, eta, noise) -> str:
     if not isinstance(got, torch.Tensor) or got.shape != x_t.shape:
         return ""
-    deterministic = sampling.ddim_step(schedule, eps, x_t, t, t_prev, eta, noise=torch.zeros_like(noise))
+    deterministic = ddim.ddim_step(schedule, eps, x_t, t, t_prev, eta, noise=torch.zeros_like(noise))
     if eta > 0 and (torch.allclose(got, deterministic, atol=1e-5) or
-                    torch.allclose(got, sampling.ddim_step(schedule, eps, x_t, t, t_prev, 0.0), atol=1e-5)):
+                    torch.allclose(got, ddim.ddim_step(schedule, eps, x_t, t, t_prev, 0.0), atol=1e-5)):
         return "\nhint: with eta > 0 add sigma_t * noise, and take sigma_t^2 out of the direction term"
-    no_sigma_in_direction = sampling.ddim_step(schedule, eps, x_t, t, t_prev, 0.0) + \
-        sampling.ddim_sigma(schedule, t, t_prev, eta).float() * noise
+    no_sigma_in_direction = ddim.ddim_step(schedule, eps, x_t, t, t_prev, 0.0) + \
+        ddim.ddim_sigma(schedule, t, t_prev, eta).float() * noise
     if eta > 0 and torch.allclose(got, no_sigma_in_direction, atol=1e-5):
         return "\nhint: the direction pointing to x_t has weight sqrt(1 - alpha_bar_prev - sigma_t^2), not sqrt(1 - alpha_bar_prev)"
     if t_prev == -1:
@@ -55,7 +55,7 @@ def check_ddim_step(student_ddim_step) -> None:
     for case, t, t_prev, eta, x_t, eps, noise in cases:
         got = call_student(name, student_ddim_step, case, eps.clone(), x_t.clone(), t, t_prev, eta, noise.clone(),
                            schedule.alpha_bar.clone())
-        expected = sampling.ddim_step(schedule, eps, x_t, t, t_prev, eta, noise=noise)
+        expected = ddim.ddim_step(schedule, eps, x_t, t, t_prev, eta, noise=noise)
         hint = _hint(got, schedule, eps, x_t, t, t_prev, eta, noise)
         compare(name, "x_{t_prev}", got, expected, case + hint, atol=1e-5, rtol=1e-5)
     checked = len(cases)

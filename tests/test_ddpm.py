@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
-from course import datasets, losses, models, train
+from course import datasets, ddpm, models, train
 from course.exercises import ExerciseFailed, check_ddpm_step, check_l_simple
 from course.schedules import linear_schedule
 
@@ -14,9 +14,9 @@ def test_gaussian_kl_matches_torch_distributions():
     m1, m2 = torch.randn(50, generator=gen, dtype=torch.float64), torch.randn(50, generator=gen, dtype=torch.float64)
     v1, v2 = torch.rand(50, generator=gen, dtype=torch.float64) + 0.1, torch.rand(50, generator=gen, dtype=torch.float64) + 0.1
     expected = kl_divergence(Normal(m1, v1.sqrt()), Normal(m2, v2.sqrt()))
-    assert torch.allclose(losses.gaussian_kl(m1, v1, m2, v2), expected, atol=1e-12)
+    assert torch.allclose(ddpm.gaussian_kl(m1, v1, m2, v2), expected, atol=1e-12)
     with pytest.raises(ValueError, match="variances must be positive"):
-        losses.gaussian_kl(m1, torch.zeros(50, dtype=torch.float64), m2, v2)
+        ddpm.gaussian_kl(m1, torch.zeros(50, dtype=torch.float64), m2, v2)
 
 
 @pytest.mark.parametrize("variance", ["beta", "beta_tilde"])
@@ -27,24 +27,24 @@ def test_kl_term_equals_weighted_eps_error(variance, t):
     x_0, eps = torch.randn(8, 2, generator=gen, dtype=torch.float64), torch.randn(8, 2, generator=gen, dtype=torch.float64)
     offset = torch.randn(8, 2, generator=gen, dtype=torch.float64)
     model = lambda x_t, t_: eps + offset  # noqa: E731 - an eps_theta that is wrong by a known amount
-    kl = losses.kl_term(model, schedule, x_0, t, eps, variance)
-    weighted = losses.vlb_weights(schedule, variance)[t] * (offset ** 2).sum(1)
-    sigma2, beta_tilde = losses.reverse_variance(schedule, variance)[t], losses.reverse_variance(schedule)[t]
+    kl = ddpm.kl_term(model, schedule, x_0, t, eps, variance)
+    weighted = ddpm.vlb_weights(schedule, variance)[t] * (offset ** 2).sum(1)
+    sigma2, beta_tilde = ddpm.reverse_variance(schedule, variance)[t], ddpm.reverse_variance(schedule)[t]
     constant = 0.5 * (torch.log(sigma2 / beta_tilde) + beta_tilde / sigma2 - 1) * 2  # two dimensions
     assert torch.allclose(kl, weighted + constant, rtol=1e-9, atol=1e-12)
 
 
 def test_weights_are_large_at_small_t_and_nan_at_zero():
-    weights = losses.vlb_weights(linear_schedule())
+    weights = ddpm.vlb_weights(linear_schedule())
     assert torch.isnan(weights[0]) and weights[1] > 100 * weights[500] > 0
     with pytest.raises(ValueError, match="variance must be one of"):
-        losses.vlb_weights(linear_schedule(), "fixed")
+        ddpm.vlb_weights(linear_schedule(), "fixed")
 
 
 def test_prior_term_is_tiny_and_needs_no_model():
     x_0 = datasets.digits("test")[0][:16]
-    assert (losses.prior_term(linear_schedule(), x_0) / x_0[0].numel() < 2e-5).all()  # nats per pixel
-    assert (losses.prior_term(linear_schedule(T=50), x_0) > 1).all()  # too few steps: x_T is not N(0, I)
+    assert (ddpm.prior_term(linear_schedule(), x_0) / x_0[0].numel() < 2e-5).all()  # nats per pixel
+    assert (ddpm.prior_term(linear_schedule(T=50), x_0) > 1).all()  # too few steps: x_T is not N(0, I)
 
 
 def test_variational_bound_is_tight_for_gaussian_data_with_the_exact_eps():
@@ -56,24 +56,24 @@ def test_variational_bound_is_tight_for_gaussian_data_with_the_exact_eps():
         return (1 - schedule.alpha_bar[t].reshape(-1, 1)).sqrt() * x_t
 
     entropy = -Normal(0.0, 1.0).log_prob(x_0).sum(1).mean()
-    tight = losses.variational_bound(exact_eps, schedule, x_0, variance="beta")["total"].mean()
-    loose = losses.variational_bound(exact_eps, schedule, x_0, variance="beta_tilde")["total"].mean()
+    tight = ddpm.variational_bound(exact_eps, schedule, x_0, variance="beta")["total"].mean()
+    loose = ddpm.variational_bound(exact_eps, schedule, x_0, variance="beta_tilde")["total"].mean()
     assert abs(tight - entropy) < 0.03 and loose > entropy + 0.5
 
 
 def test_variational_bound_of_the_shipped_gaussian_mixture_model_is_above_the_entropy():
     mixture, model = datasets.GaussianMixture2D(), train.load_toy("gaussian_mixture")
     x_0, _ = mixture.sample(500, seed=3)
-    bound = losses.variational_bound(model, linear_schedule(), x_0, seed=0)
+    bound = ddpm.variational_bound(model, linear_schedule(), x_0, seed=0)
     assert bound["kl"].shape == (999, 500)
     assert bound["total"].mean() > -mixture.log_prob(x_0).mean()
-    untrained = losses.variational_bound(models.TimeMLP(), linear_schedule(), x_0[:100], seed=0)
+    untrained = ddpm.variational_bound(models.TimeMLP(), linear_schedule(), x_0[:100], seed=0)
     assert untrained["total"].mean() > bound["total"].mean() + 1
 
 
 def test_l_simple_validates_t():
     with pytest.raises(ValueError, match=r"must lie in \[0, 1000\)"):
-        losses.l_simple(lambda x, t: x, linear_schedule(), torch.zeros(2, 2), torch.tensor([0, 1000]), torch.zeros(2, 2))
+        ddpm.l_simple(lambda x, t: x, linear_schedule(), torch.zeros(2, 2), torch.tensor([0, 1000]), torch.zeros(2, 2))
 
 
 # --------------------------------------------------------------------------- the L_simple checker

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from diffusers import DDPMScheduler
 
-from .. import losses, models, sampling
+from .. import ddpm, models
 from ..schedules import get_schedule
 from .core import ExerciseFailed, call_student, compare, passed
 
@@ -52,7 +52,7 @@ def check_l_simple(student_l_simple) -> None:
             raise ExerciseFailed(name, f"the loss should be one number (a 0-d tensor), got shape "
                                        f"{tuple(got.shape)}: take the mean over the batch and every dimension"
                                        f"\nwhile checking: {case}")
-        expected = losses.l_simple(model, schedule, x_0, t, eps)
+        expected = ddpm.l_simple(model, schedule, x_0, t, eps)
         _compare_loss(name, got, expected, case)
         _compare_gradient(name, model, got, expected, case)
     passed(name, len(cases), "2D and image batches, linear and cosine, t = 0 and T-1, batch of one, gradients")
@@ -107,7 +107,7 @@ def check_ddpm_step(student_ddpm_step) -> None:
     for case, t, x_t, eps, noise in cases:
         got = call_student(name, student_ddpm_step, case, eps.clone(), x_t.clone(), t, noise.clone(),
                            schedule.betas.clone())
-        expected = sampling.ddpm_step(schedule, eps, x_t, t, noise=noise)
+        expected = ddpm.ddpm_step(schedule, eps, x_t, t, noise=noise)
         if t == 0 and isinstance(got, torch.Tensor) and got.shape == expected.shape and \
                 torch.allclose(got, expected + _sigma(schedule, 0) * noise, atol=1e-5):
             raise ExerciseFailed(name, f"at t = 0 the step returns the mean: add no noise there\nwhile checking: {case}")
@@ -137,9 +137,9 @@ def _close(got, expected) -> bool:
 def _matches_beta_variance(got, schedule, eps, x_t, t, noise) -> bool:
     if not isinstance(got, torch.Tensor) or got.shape != x_t.shape:
         return False
-    mean = losses.model_mean(schedule, x_t, t, eps)
+    mean = ddpm.model_mean(schedule, x_t, t, eps)
     return torch.allclose(got.double(), (mean + _sigma(schedule, t) * noise).double(), atol=1e-5)
 
 
 def _sigma(schedule, t: int) -> float:
-    return float(losses.reverse_variance(schedule, "beta")[t].sqrt())
+    return float(ddpm.reverse_variance(schedule, "beta")[t].sqrt())
