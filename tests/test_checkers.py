@@ -127,3 +127,73 @@ def test_to_model_range_checker():
     ]:
         with pytest.raises(ExerciseFailed, match=message):
             check_to_model_range(wrong)
+
+
+# --------------------------------------------------------------------------- issue 20: what the checkers say
+
+def _variance_is_beta_float32_only(x_0, x_t, t, betas):
+    """sigma^2 = beta_t, the mistake the absolute tolerance used to pass in every float32 case."""
+    mean, _ = q_posterior_right(x_0, x_t, t, betas)
+    return mean, _per_sample(betas, t, x_t)
+
+
+def _variance_in_float64(x_0, x_t, t, betas):
+    mean, var = q_posterior_right(x_0, x_t, t, betas)
+    alpha_bar = torch.cumprod(1 - betas, 0)
+    alpha_bar_prev = torch.cat([torch.ones(1, dtype=betas.dtype), alpha_bar[:-1]])
+    return mean, ((1 - alpha_bar_prev) / (1 - alpha_bar) * betas)[t]  # float64, shape (B,)
+
+
+def _variance_from_alphas(x_0, x_t, t, betas):
+    """An equivalent formula: beta_tilde = beta_t - beta_t^2 alpha_bar_(t-1) / (1 - alpha_bar_t)... rearranged."""
+    mean, _ = q_posterior_right(x_0, x_t, t, betas)
+    alpha_bar = torch.cumprod(1 - betas, 0)
+    alpha_bar_prev = torch.cat([torch.ones(1, dtype=betas.dtype), alpha_bar[:-1]])
+    var = 1 / (1 / (1 - alpha_bar_prev).clamp(min=1e-300) + (1 - betas) / betas)  # 1 / (1/(1-ab_prev) + alpha/beta)
+    var = torch.where(alpha_bar_prev == 1, torch.zeros_like(var), var)
+    return mean, _per_sample(var, t, x_t).float()
+
+
+def test_q_posterior_variance_beta_is_caught_in_float32_with_a_hint():
+    import course.exercises.forward as checker
+
+    float32_only = [c for c in checker._cases(seed=1) if c[2].dtype == torch.float32]
+    assert float32_only  # the float32 cases alone must catch it (the float64 case used to be the only one)
+    with pytest.raises(ExerciseFailed) as failure:
+        check_q_posterior(_variance_is_beta_float32_only)
+    assert "variance differs" in failure.value.message
+    assert "sigma_t^2 = beta_t" in failure.value.message
+    assert "float64" not in failure.value.message.splitlines()[-1]  # caught before the float64 case
+
+
+def test_q_posterior_accepts_a_float64_variance_and_an_equivalent_formula(capsys):
+    check_q_posterior(_variance_in_float64)
+    check_q_posterior(_variance_from_alphas)
+    assert capsys.readouterr().out.count("q_posterior: all") == 2
+
+
+def test_compare_prints_the_difference_and_the_tolerance():
+    from course.exercises import compare
+
+    expected = torch.tensor([0.0972888, 1.0], dtype=torch.float64)
+    got = expected.clone()
+    got[0] += 3e-8
+    with pytest.raises(ExerciseFailed) as failure:
+        compare("demo", "x", got, expected, "a float64 case")
+    message = failure.value.message
+    assert "got 0.09728883, expected 0.0972888 " in message  # enough digits to see the difference
+    assert "difference 3e-08" in message and "allowed 1.07e-08" in message
+
+
+def test_compare_does_not_call_one_timestep_both_wrong_and_right():
+    from course.exercises import compare
+
+    expected = torch.zeros(4, 2)
+    got = expected.clone()
+    got[1] = 1.0  # one of the three samples at t = 0 is wrong
+    with pytest.raises(ExerciseFailed) as failure:
+        compare("demo", "x", got, expected, "mixed", t=torch.tensor([0, 0, 0, 7]))
+    message = failure.value.message
+    assert "right at t = 0" not in message and "wrong at timesteps t = 0" not in message
+    assert "at t = 0 some samples are right and others wrong" in message
+    assert "right at t = 7" in message

@@ -72,17 +72,30 @@ def compare(exercise: str, name: str, got, expected: torch.Tensor, case: str,
     if bad.any():
         err = (got_d - exp_d).abs()
         idx = tuple(int(i) for i in bad.nonzero()[0])
+        got_v, exp_v = got_d[idx].item(), exp_d[idx].item()
         lines = [f"{name} differs from the reference in {int(bad.sum())} of {bad.numel()} entries; "
                  f"largest difference {err.max().item():.3g}",
-                 f"first wrong entry {list(idx)}: got {got_d[idx].item():.6g}, "
-                 f"expected {exp_d[idx].item():.6g}"]
+                 f"first wrong entry {list(idx)}: got {got_v:.10g}, expected {exp_v:.10g} "
+                 f"(difference {abs(got_v - exp_v):.3g}; allowed {atol + rtol * abs(exp_v):.3g} = "
+                 f"{atol:.0e} + {rtol:.0e} x |expected|)"]
         if t is not None and got.dim() >= 1 and len(t) == got.shape[0]:
-            wrong_rows = bad.reshape(bad.shape[0], -1).any(dim=1)
-            wrong_t = sorted({int(v) for v in t[wrong_rows]})
-            right_t = sorted({int(v) for v in t[~wrong_rows]})
-            lines.append(f"wrong at timesteps t = {_short(wrong_t)}"
-                         + (f"; right at t = {_short(right_t)}" if right_t else ""))
+            lines.append(_timestep_summary(bad, t))
         raise ExerciseFailed(exercise, "\n".join(lines) + f"\n{where}")
+
+
+def _timestep_summary(bad: torch.Tensor, t: torch.Tensor) -> str:
+    """Which timesteps are wrong: a timestep with both wrong and right samples is named as such, not twice."""
+    wrong_rows = bad.reshape(bad.shape[0], -1).any(dim=1)
+    wrong_t = {int(v) for v in t[wrong_rows]}
+    right_t = {int(v) for v in t[~wrong_rows]}
+    mixed = sorted(wrong_t & right_t)
+    text = f"wrong at timesteps t = {_short(sorted(wrong_t - right_t))}" if wrong_t - right_t else ""
+    if mixed:
+        text += ("; " if text else "") + (f"at t = {_short(mixed)} some samples are right and others wrong "
+                                          f"(so the error depends on more than t)")
+    if right_t - wrong_t:
+        text += f"; right at t = {_short(sorted(right_t - wrong_t))}"
+    return text
 
 
 def _short(values, most: int = 8) -> str:
