@@ -197,3 +197,227 @@ def test_compare_does_not_call_one_timestep_both_wrong_and_right():
     assert "right at t = 0" not in message and "wrong at timesteps t = 0" not in message
     assert "at t = 0 some samples are right and others wrong" in message
     assert "right at t = 7" in message
+
+
+# the Fréchet distance: a case where scipy's sqrtm turns complex
+
+def test_frechet_checker_has_a_complex_sqrtm_case_and_catches_a_missing_real():
+    import scipy.linalg
+
+    import course.exercises.fid as checker
+    from course import fid
+    from course.exercises import check_frechet_distance
+
+    _, mu_1, s_1, mu_2, s_2 = checker._rank_deficient_case(np.random.default_rng(0))
+    assert np.iscomplexobj(scipy.linalg.sqrtm(s_1 @ s_2))
+
+    def no_real(m1, s1, m2, s2):
+        return ((m1 - m2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(scipy.linalg.sqrtm(s1 @ s2))
+
+    with pytest.raises(ExerciseFailed, match=r"complex .*np.trace\(\.\.\.\)\.real") as failure:
+        check_frechet_distance(no_real)
+    assert "N = 20 samples in D = 32" in failure.value.message
+    check_frechet_distance(fid.frechet_distance)  # the stable eigenvalue form is a right answer too
+
+
+# label dropout: the generator must be used
+
+def _drop_with(rand):
+    def drop(labels, p_uncond, generator):
+        out = labels.clone()
+        out[rand(labels, generator) < p_uncond] = 10
+        return out
+    return drop
+
+
+def test_drop_labels_rejects_an_answer_that_ignores_the_generator():
+    from course.exercises import check_drop_labels
+
+    for wrong in (_drop_with(lambda labels, g: torch.rand(labels.shape)),  # torch's global generator
+                  _drop_with(lambda labels, g: torch.rand(labels.shape, generator=torch.Generator().manual_seed(0)))):
+        with pytest.raises(ExerciseFailed, match="with the generator you are given"):
+            check_drop_labels(wrong)
+
+
+def test_drop_labels_accepts_other_ways_of_drawing_from_the_generator(capsys):
+    from course.exercises import check_drop_labels
+
+    def bernoulli(labels, p_uncond, generator):
+        mask = torch.bernoulli(torch.full(labels.shape, float(p_uncond)), generator=generator).bool()
+        return torch.where(mask, torch.full_like(labels, 10), labels)
+
+    check_drop_labels(bernoulli)
+    check_drop_labels(_drop_with(lambda labels, g: torch.rand(len(labels), generator=g, dtype=torch.float64)))
+    assert capsys.readouterr().out.count("drop_labels: all") == 2
+
+
+# attention: an inverted mask with -inf, and the head split and merge on their own
+
+def _sdpa_inf(invert=False):
+    def sdpa(query, key, value, mask=None):
+        logits = query @ key.transpose(-2, -1) / query.shape[-1] ** 0.5
+        if mask is not None:
+            logits = logits.masked_fill(mask if invert else ~mask, float("-inf"))
+        return torch.softmax(logits, dim=-1) @ value
+    return sdpa
+
+
+def test_sdpa_inverted_mask_with_minus_inf_is_named():
+    from course.exercises import check_scaled_dot_product_attention
+
+    check_scaled_dot_product_attention(_sdpa_inf())
+    with pytest.raises(ExerciseFailed, match="a fully masked row: is the mask inverted?"):
+        check_scaled_dot_product_attention(_sdpa_inf(invert=True))
+
+
+def _mha(split="right", merge="right", invert=False):
+    def mha(query, key, value, W_q, W_k, W_v, W_o, num_heads, mask=None):
+        def heads(x):
+            B, L, D = x.shape
+            if split == "no_transpose":
+                return x.reshape(B, num_heads, L, D // num_heads)
+            return x.reshape(B, L, num_heads, D // num_heads).transpose(1, 2)
+        q, k, v = heads(query @ W_q), heads(key @ W_k), heads(value @ W_v)
+        logits = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
+        if mask is not None:
+            logits = logits.masked_fill(mask if invert else ~mask, float("-inf"))
+        out = torch.softmax(logits, dim=-1) @ v
+        B, h, L, d = out.shape
+        out = out.reshape(B, L, h * d) if merge == "no_transpose" else out.transpose(1, 2).reshape(B, L, h * d)
+        return out @ W_o
+    return mha
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(split="no_transpose"), "merged right but split the wrong way"),
+    (dict(merge="no_transpose"), "split right but merged the wrong way"),
+    (dict(split="no_transpose", merge="no_transpose"), "heads are split the wrong way: reshape"),
+    (dict(invert=True), "a fully masked row: is the mask inverted?"),
+])
+def test_mha_split_merge_and_inverted_mask_hints(kwargs, message):
+    from course.exercises import check_multi_head_attention
+
+    with pytest.raises(ExerciseFailed, match=message):
+        check_multi_head_attention(_mha(**kwargs))
+
+
+def test_mha_right_with_minus_inf_passes(capsys):
+    from course.exercises import check_multi_head_attention
+
+    check_multi_head_attention(_mha())
+    assert "multi_head_attention: all" in capsys.readouterr().out
+
+
+# classifier guidance: sqrt(alpha_bar) instead of sqrt(1 - alpha_bar)
+
+def _guided(factor):
+    def guided(eps, x_t, t, labels, classifier, w, alpha_bar):
+        with torch.enable_grad():
+            x = x_t.detach().requires_grad_(True)
+            log_p = -torch.nn.functional.cross_entropy(classifier(x, t), labels, reduction="sum")
+            grad = torch.autograd.grad(log_p, x)[0]
+        scale = factor(alpha_bar[t]).to(eps.dtype).reshape(-1, *[1] * (eps.dim() - 1))
+        return eps - w * scale * grad
+    return guided
+
+
+def test_classifier_guided_eps_names_the_wrong_scale_and_accepts_cross_entropy(capsys):
+    from course.exercises import check_classifier_guided_eps
+
+    check_classifier_guided_eps(_guided(lambda a: (1 - a).sqrt()))  # the same gradient via cross_entropy
+    assert "classifier_guided_eps: all" in capsys.readouterr().out
+    with pytest.raises(ExerciseFailed, match=r"you scaled it by sqrt\(alpha_bar_t\)") as failure:
+        check_classifier_guided_eps(_guided(lambda a: a.sqrt()))
+    assert "log_softmax" not in failure.value.message
+
+
+# l_simple: what the model was called with
+
+def _l_simple(x_of=lambda a, x_0, eps: a.sqrt() * x_0 + (1 - a).sqrt() * eps, t_of=lambda t: t):
+    def loss(eps_model, x_0, t, eps, alpha_bar):
+        a = alpha_bar[t].reshape(-1, *[1] * (x_0.dim() - 1)).to(x_0.dtype)
+        return torch.nn.functional.mse_loss(eps_model(x_of(a, x_0, eps), t_of(t)), eps)
+    return loss
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (_l_simple(t_of=lambda t: (t + 1).clamp(max=999)), r"eps_model was called with t = \["),
+    (_l_simple(x_of=lambda a, x_0, eps: x_0), "eps_model was called on x_0 itself"),
+    (_l_simple(x_of=lambda a, x_0, eps: a * x_0 + (1 - a) * eps), "take the square roots"),
+    (_l_simple(x_of=lambda a, x_0, eps: (1 - a).sqrt() * x_0 + a.sqrt() * eps), "differs from sqrt"),
+])
+def test_l_simple_reports_what_the_model_was_called_with(wrong, message):
+    from course.exercises import check_l_simple
+
+    with pytest.raises(ExerciseFailed, match=message):
+        check_l_simple(wrong)
+
+
+def test_l_simple_with_the_right_call_but_a_wrong_loss_says_so():
+    from course.exercises import check_l_simple
+
+    def l1(eps_model, x_0, t, eps, alpha_bar):
+        a = alpha_bar[t].reshape(-1, *[1] * (x_0.dim() - 1)).to(x_0.dtype)
+        return (eps - eps_model(a.sqrt() * x_0 + (1 - a).sqrt() * eps, t)).abs().mean()
+
+    with pytest.raises(ExerciseFailed, match="called with the right x_t and t"):
+        check_l_simple(l1)
+    check_l_simple(_l_simple())  # F.mse_loss is a right answer
+
+
+# ddpm_step: the t = 0 wrap-around and a (B,) coefficient that is not reshaped
+
+def _ddpm_step(wrap=False, per_sample=False):
+    def step(eps, x_t, t, noise, betas):
+        alphas = 1 - betas
+        alpha_bar = torch.cumprod(alphas, 0)
+        prev = alpha_bar[t - 1] if wrap else (alpha_bar[t - 1] if t > 0 else torch.ones((), dtype=betas.dtype))
+        coef = betas[t] / (1 - alpha_bar[t]).sqrt()
+        if per_sample:
+            coef = coef.repeat(len(x_t))  # one value per sample, shape (B,), and no reshape
+        mean = (x_t - coef.to(x_t.dtype) * eps) / alphas[t].sqrt().to(x_t.dtype)
+        if t == 0 and not wrap:
+            return mean
+        return mean + ((1 - prev) / (1 - alpha_bar[t]) * betas[t]).sqrt().to(x_t.dtype) * noise
+    return step
+
+
+def test_ddpm_step_names_the_wrap_around_and_the_missing_reshape():
+    from course.exercises import check_ddpm_step
+
+    with pytest.raises(ExerciseFailed, match=r"alpha_bar\[t - 1\] is alpha_bar\[-1\]"):
+        check_ddpm_step(_ddpm_step(wrap=True))
+    with pytest.raises(ExerciseFailed, match="raised RuntimeError") as failure:
+        check_ddpm_step(_ddpm_step(per_sample=True))
+    assert "t is one int in ddpm_step" in failure.value.message
+
+
+def test_ddpm_step_accepts_alpha_bar_prev_with_a_leading_one(capsys):
+    from course.exercises import check_ddpm_step
+
+    def step(eps, x_t, t, noise, betas):  # no special case at t = 0: sigma_0 = 0 by itself
+        alphas = 1 - betas
+        alpha_bar = torch.cumprod(alphas, 0)
+        prev = torch.cat([torch.ones(1, dtype=betas.dtype), alpha_bar[:-1]])
+        mean = (x_t - (betas[t] / (1 - alpha_bar[t]).sqrt()).float() * eps) / alphas[t].sqrt().float()
+        return mean + ((1 - prev[t]) / (1 - alpha_bar[t]) * betas[t]).sqrt().float() * noise
+
+    check_ddpm_step(_ddpm_step())
+    check_ddpm_step(step)
+    assert capsys.readouterr().out.count("ddpm_step: all") == 2
+
+
+# the reverse-SDE step: sqrt(beta) without sqrt(ds)
+
+def test_reverse_em_step_names_noise_without_sqrt_ds(capsys):
+    import math
+
+    from course.exercises import check_reverse_em_step
+
+    def em(x, score, beta_s, ds, noise, noise_scale=lambda beta, ds: math.sqrt(beta) * math.sqrt(ds)):
+        return x + (0.5 * beta_s * x + beta_s * score) * ds + noise_scale(beta_s, ds) * noise
+
+    check_reverse_em_step(em)
+    assert "reverse_em_step: all" in capsys.readouterr().out
+    with pytest.raises(ExerciseFailed, match=r"scaled by g = sqrt\(beta\) alone"):
+        check_reverse_em_step(lambda *a: em(*a, noise_scale=lambda beta, ds: math.sqrt(beta)))

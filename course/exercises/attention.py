@@ -23,15 +23,40 @@ def _matches(got, candidate) -> bool:
             and torch.allclose(got.detach().double(), candidate.double(), atol=1e-4, rtol=1e-3))
 
 
-def _compare_with_hints(exercise: str, got, expected, case: str, mistakes, atol=None, rtol=None):
+def _compare_with_hints(exercise: str, got, expected, case: str, mistakes, atol=None, rtol=None, mask=None):
     """compare(); on failure, name the first known mistake whose output the student's matches."""
     try:
         compare(exercise, "output", got, expected, case, atol=atol, rtol=rtol)
     except ExerciseFailed as failure:
+        nan_hint = _non_finite_hint(got, expected, mask)
+        if nan_hint:
+            raise ExerciseFailed(exercise, f"{failure.message}\nhint: {nan_hint}") from None
         for hint, make_wrong_output in mistakes:
             if _matches(got, make_wrong_output()):
                 raise ExerciseFailed(exercise, f"{failure.message}\nhint: {hint}") from None
         raise
+
+
+def _non_finite_hint(got, expected, mask) -> str:
+    """NaN rows in the output: the softmax of a row whose logits are all -inf. Say whether the mask is inverted."""
+    if not (isinstance(got, torch.Tensor) and got.shape == expected.shape and got.is_floating_point()) or \
+            bool(torch.isfinite(got).all()):
+        return ""
+    bad_rows = ~torch.isfinite(got).all(dim=-1)  # one flag per query
+    if mask is not None:
+        inverted_blocks_all = mask.all(dim=-1)  # these queries have no key left once the mask is inverted
+        try:
+            inverted_blocks_all = inverted_blocks_all.expand_as(bad_rows)
+        except RuntimeError:
+            inverted_blocks_all = None
+        if inverted_blocks_all is not None and bool(inverted_blocks_all.any()) and \
+                torch.equal(bad_rows, inverted_blocks_all):
+            return ("a fully masked row: is the mask inverted? The NaN rows are exactly the queries whose mask row "
+                    "is all True; True marks the keys a query MAY attend to, so those queries should see every key. "
+                    "Set the logits where mask is False (~mask) to -inf")
+        return ("NaN in the output: the softmax of a row whose logits are all -inf (every key masked) is 0 / 0; "
+                "check which pairs your mask blocks (True means the query may attend to the key)")
+    return "NaN or inf in the output: look for a division by zero or an overflow before the softmax"
 
 
 # --------------------------------------------------------------------------- scaled dot-product attention
@@ -115,7 +140,7 @@ def check_scaled_dot_product_attention(student_fn) -> None:
         args = (q.clone(), k.clone(), v.clone()) + ((mask.clone(),) if mask is not None else ())
         got = call_student(name, student_fn, case, *args)
         expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        _compare_with_hints(name, got, expected, case, _sdpa_mistakes(q, k, v, mask))
+        _compare_with_hints(name, got, expected, case, _sdpa_mistakes(q, k, v, mask), mask=mask)
     passed(name, len(cases), "against F.scaled_dot_product_attention: batches, heads, causal and padding masks, "
                              "float64")
 
@@ -123,8 +148,10 @@ def check_scaled_dot_product_attention(student_fn) -> None:
 # --------------------------------------------------------------------------- multi-head attention
 
 def _mha_output(query, key, value, W_q, W_k, W_v, W_o, h, mask, *, scale_dim=None, axis=-1, mask_mode="right",
-                split="right", use_W_o=True):
-    """Multi-head attention, right or with one of the usual mistakes."""
+                split="right", merge_mode=None, use_W_o=True):
+    """Multi-head attention, right or with one of the usual mistakes (the split and the merge may differ)."""
+    merge_mode = split if merge_mode is None else merge_mode
+
     def heads(x):
         B, L, D = x.shape
         if split == "right":
@@ -135,9 +162,9 @@ def _mha_output(query, key, value, W_q, W_k, W_v, W_o, h, mask, *, scale_dim=Non
 
     def merge(x):
         B, _, L, d = x.shape
-        if split == "right":
+        if merge_mode == "right":
             return x.transpose(1, 2).reshape(B, L, h * d)
-        if split == "no_transpose":
+        if merge_mode == "no_transpose":
             return x.reshape(B, L, h * d)
         return x.permute(0, 2, 3, 1).reshape(B, L, h * d)
 
@@ -167,6 +194,18 @@ def _mha_mistakes(args, h, mask):
          out(split="no_transpose")) if h > 1 else None,
         ("heads are split the wrong way: head i owns channels i*d_k .. (i+1)*d_k - 1, so reshape (B, L, D) to "
          "(B, L, h, d_k), not (B, L, d_k, h)", out(split="interleaved")) if h > 1 else None,
+        ("the heads are split right but merged the wrong way: transpose (B, h, L, d_k) back to (B, L, h, d_k) "
+         "before reshaping to (B, L, h*d_k); reshaping (B, h, L, d_k) straight to (B, L, h*d_k) mixes tokens",
+         out(merge_mode="no_transpose")) if h > 1 else None,
+        ("the heads are merged right but split the wrong way: reshape (B, L, h*d_k) to (B, L, h, d_k) and then "
+         "transpose to (B, h, L, d_k); reshaping straight to (B, h, L, d_k) mixes tokens across heads",
+         out(split="no_transpose", merge_mode="right")) if h > 1 else None,
+        ("the heads are merged right but split the wrong way: head i owns channels i*d_k .. (i+1)*d_k - 1, so "
+         "reshape (B, L, D) to (B, L, h, d_k), not (B, L, d_k, h)", out(split="interleaved", merge_mode="right"))
+        if h > 1 else None,
+        ("the heads are split right but merged the wrong way: head i's output goes to channels i*d_k .. "
+         "(i+1)*d_k - 1, so transpose to (B, L, h, d_k) before reshaping, not to (B, L, d_k, h)",
+         out(merge_mode="interleaved")) if h > 1 else None,
         ("the concatenated heads still need the output projection: multiply by W_o", out(use_W_o=False))
         if W_o.shape[0] == W_o.shape[1] else None,
     ]
@@ -224,6 +263,7 @@ def check_multi_head_attention(student_fn) -> None:
         args = (query, key, key) + weights
         student_args = tuple(x.clone() for x in args) + (h,) + ((mask.clone(),) if mask is not None else ())
         got = call_student(name, student_fn, case, *student_args)
-        _compare_with_hints(name, got, expected, case, _mha_mistakes(args, h, mask), atol=1e-5, rtol=1e-5)
+        _compare_with_hints(name, got, expected, case, _mha_mistakes(args, h, mask), atol=1e-5, rtol=1e-5,
+                            mask=mask)
     passed(name, len(cases), "against nn.MultiheadAttention to 1e-5: self- and cross-attention, 1 to 8 heads, "
                              "causal and padding masks")

@@ -71,13 +71,15 @@ def check_frechet_distance(student_fn) -> None:
     mu, s = _gaussian_case(rng, 8, 3.0)
     cases.append(("identical statistics (the answer is 0)", mu, s, mu.copy(), s.copy()))
     cases.append(("equal covariances, different means (the answer is ||mu_1 - mu_2||^2)", mu, s, mu + 0.5, s.copy()))
+    cases.append(_rank_deficient_case(rng))
     for case, mu_1, s_1, mu_2, s_2 in cases:
         got = call_student(name, student_fn, case, mu_1.copy(), s_1.copy(), mu_2.copy(), s_2.copy())
         if isinstance(got, (np.ndarray, torch.Tensor)) and np.size(got) == 1:
             got = got.item()
         if isinstance(got, complex) or np.iscomplexobj(got):
-            raise ExerciseFailed(name, "the distance is complex: take the real part of the trace of the matrix "
-                                       f"square root (its imaginary part is rounding error)\nwhile checking: {case}")
+            raise ExerciseFailed(name, f"the distance is complex ({complex(got):.6g}): take the real part of the "
+                                       "trace of the matrix square root, np.trace(...).real (its imaginary part is "
+                                       f"rounding error)\nwhile checking: {case}")
         if not isinstance(got, (float, int, np.floating)):
             raise ExerciseFailed(name, f"return one number, got {type(got).__name__}\nwhile checking: {case}")
         expected = fid.frechet_distance(mu_1, s_1, mu_2, s_2)
@@ -87,7 +89,16 @@ def check_frechet_distance(student_fn) -> None:
             raise ExerciseFailed(name, f"got {float(got):.8g}, expected {expected:.8g} (scipy's sqrtm gives "
                                        f"{scipy_value:.8g})\nwhile checking: {case}"
                                        + _frechet_hint(got, mu_1, s_1, mu_2, s_2))
-    passed(name, len(cases), "D = 1 to 64, identical statistics, equal covariances; agrees with scipy's sqrtm")
+    passed(name, len(cases), "D = 1 to 64, identical statistics, equal covariances, singular covariances; "
+                             "agrees with scipy's sqrtm")
+
+
+def _rank_deficient_case(rng):
+    """Statistics of 20 samples in D = 32: singular covariances, for which scipy's sqrtm returns a complex matrix."""
+    feats_1 = rng.standard_normal((20, 32)) @ rng.standard_normal((32, 32)) / 4
+    feats_2 = rng.standard_normal((20, 32)) * 0.7 + 0.2
+    return ("N = 20 samples in D = 32 (singular covariances: sqrtm of their product is complex)",
+            feats_1.mean(0), np.cov(feats_1, rowvar=False), feats_2.mean(0), np.cov(feats_2, rowvar=False))
 
 
 def _frechet_hint(got, mu_1, s_1, mu_2, s_2) -> str:

@@ -85,6 +85,13 @@ def _classifier_hint(got, classifier, schedule, eps, x_t, t, labels, w) -> str:
                 "(the score is -eps / sqrt(1 - alpha_bar_t))")
     if torch.allclose(got, eps - w * grad, atol=1e-5):
         return "\nhint: the gradient is a score; in eps units it is multiplied by sqrt(1 - alpha_bar_t)"
+    signal = schedule.at(torch.sqrt(schedule.alpha_bar), t, x_t).to(eps.dtype)
+    for factor, what in [(signal, "sqrt(alpha_bar_t)"), (1 - schedule.at(schedule.alpha_bar, t, x_t).to(eps.dtype),
+                                                          "1 - alpha_bar_t (no square root)")]:
+        if torch.allclose(got, eps - w * factor * grad, atol=1e-5) or \
+                torch.allclose(got, eps + w * factor * grad, atol=1e-5):
+            return (f"\nhint: your gradient is right, but you scaled it by {what}; the score is -eps / "
+                    "sqrt(1 - alpha_bar_t), so the factor is sqrt(1 - alpha_bar_t), the noise's std")
     if torch.allclose(got, eps - w * sigma * grad / len(x_t), atol=1e-5):
         return ("\nhint: the gradient is B times too small: differentiate the SUM of the log-probabilities over the "
                 "batch (each sample's gradient then only depends on its own term), not the mean")
@@ -141,6 +148,24 @@ def _z_score(count: int, n: int, p: float) -> float:
     return (count - n * p) / math.sqrt(max(n * p * (1 - p), 1e-12))
 
 
+def _check_generator_used(name, student_drop_labels, base) -> None:
+    """The random numbers must come from the generator: same seed, same labels; other seed, other labels;
+    and the generator has advanced (an answer that seeds or uses torch's global generator fails one of these)."""
+    use = ("draw the random numbers with the generator you are given (torch.rand(labels.shape, generator=generator)),"
+           " not with torch's global generator")
+    gen = torch.Generator().manual_seed(1)
+    before = gen.get_state()
+    first = call_student(name, student_drop_labels, "seed 1", base.clone(), 0.5, gen)
+    if torch.equal(gen.get_state(), before):
+        raise ExerciseFailed(name, f"the generator you were given was never used: {use}")
+    again = call_student(name, student_drop_labels, "seed 1 again", base.clone(), 0.5, torch.Generator().manual_seed(1))
+    if not torch.equal(first, again):
+        raise ExerciseFailed(name, f"two calls with generators seeded alike (seed 1) dropped different labels: {use}")
+    other = call_student(name, student_drop_labels, "seed 2", base.clone(), 0.5, torch.Generator().manual_seed(2))
+    if torch.equal(first, other):
+        raise ExerciseFailed(name, f"two calls with different generators dropped exactly the same labels: {use}")
+
+
 def check_drop_labels(student_drop_labels) -> None:
     """Check ``drop_labels(labels, p_uncond, generator) -> labels`` with each label replaced by the null label
     (models.NULL_LABEL = 10) with probability p_uncond, independently: the rate is tested statistically."""
@@ -192,12 +217,6 @@ def check_drop_labels(student_drop_labels) -> None:
                                            f"{halves[1]:.3f}: drop at random positions, not a block of the batch"
                                            f"\nwhile checking: {case}")
         cases += 1
-    # a fresh draw each call: two different generators give different masks
-    first, second = (call_student(name, student_drop_labels, "two generators", base.clone(), 0.5,
-                                  torch.Generator().manual_seed(seed)) for seed in (1, 2))
-    if torch.equal(first, second):
-        raise ExerciseFailed(name, "two calls with different generators dropped exactly the same labels: draw the "
-                                   "random numbers with the generator you are given "
-                                   "(torch.rand(n, generator=generator))")
-    passed(name, cases + 1, f"p_uncond = 0, 0.1, 0.15, 0.5, 1 on {n} labels: the rate within 5 sigma, only null "
+    _check_generator_used(name, student_drop_labels, base)
+    passed(name, cases + 3, f"p_uncond = 0, 0.1, 0.15, 0.5, 1 on {n} labels: the rate within 5 sigma, only null "
                             f"labels ({null}) introduced, per class and per position, the generator used")

@@ -41,6 +41,12 @@ def _em_hint(got, x, score, beta, ds, noise) -> str:
                                              "sqrt(ds): use sqrt(beta ds) z"),
         (x + drift * ds + math.sqrt(beta) * ds * noise, "the noise is scaled by g ds; a Brownian increment "
                                                         "has std sqrt(ds): use sqrt(beta) sqrt(ds) z"),
+        (x + drift * ds + math.sqrt(beta) * noise, "the noise is scaled by g = sqrt(beta) alone: the Brownian "
+                                                   "increment over a step ds has std sqrt(ds), so the noise term "
+                                                   "is g sqrt(ds) z = sqrt(beta ds) z"),
+        (x + drift * ds + ds * noise, "the noise is scaled by ds alone: it is g sqrt(ds) z = sqrt(beta ds) z"),
+        (x + drift * ds + math.sqrt(ds) * noise, "the noise is missing the diffusion g = sqrt(beta): use "
+                                                 "sqrt(beta ds) z, not sqrt(ds) z"),
         (x + (0.5 * beta * x + 0.5 * beta * score) * ds + noise_term,
          "the score has weight 1/2 beta: that is the probability-flow ODE; the reverse SDE has g^2 = beta"),
         (x + (-0.5 * beta * x - beta * score) * ds + noise_term,
