@@ -421,3 +421,58 @@ def test_reverse_em_step_names_noise_without_sqrt_ds(capsys):
     assert "reverse_em_step: all" in capsys.readouterr().out
     with pytest.raises(ExerciseFailed, match=r"scaled by g = sqrt\(beta\) alone"):
         check_reverse_em_step(lambda *a: em(*a, noise_scale=lambda beta, ds: math.sqrt(beta)))
+
+
+# notebook 11's exercise 2: the Fréchet distance in the symmetric eigenvalue form
+
+def _stable(clip=True, middle_of=None, sqrt_eigs=True, eig_of_product=False):
+    def frechet(mu_1, sigma_1, mu_2, sigma_2):
+        diff = mu_1 - mu_2
+        if eig_of_product:  # an equivalent route: the eigenvalues of S_1 S_2 are real and >= 0
+            eigs = np.clip(np.linalg.eigvals(sigma_1 @ sigma_2).real, 0, None)
+        else:
+            w, v = np.linalg.eigh(sigma_1)
+            root = (v * np.sqrt(np.clip(w, 0, None) if clip else w)) @ v.T
+            middle = (middle_of or (lambda r, s_1, s_2: r @ s_2 @ r))(root, sigma_1, sigma_2)
+            eigs = np.linalg.eigvalsh(middle)
+            eigs = np.clip(eigs, 0, None) if clip else eigs
+        trace_sqrt = np.sqrt(eigs).sum() if sqrt_eigs else eigs.sum()
+        return float(diff @ diff + np.trace(sigma_1) + np.trace(sigma_2) - 2 * trace_sqrt)
+    return frechet
+
+
+def test_stable_frechet_checker_accepts_the_eigenvalue_forms(capsys):
+    from course import fid
+    from course.exercises import check_stable_frechet_distance
+
+    check_stable_frechet_distance(_stable())
+    check_stable_frechet_distance(_stable(eig_of_product=True))
+    check_stable_frechet_distance(lambda *a: np.float64(fid.frechet_distance(*a)))  # a numpy float is one number too
+    assert capsys.readouterr().out.count("stable_frechet_distance: all") == 3
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("wrong, message", [
+    (_stable(clip=False), "clip them at 0"),
+    (_stable(sqrt_eigs=False), "sum of their square roots"),
+    (_stable(middle_of=lambda r, s_1, s_2: s_1 @ s_2), "eigvalsh assumes a symmetric matrix"),
+    (_stable(middle_of=lambda r, s_1, s_2: np.sqrt(np.abs(s_1)) @ s_2 @ np.sqrt(np.abs(s_1))), "element-wise"),
+])
+def test_stable_frechet_checker_names_the_usual_slips(wrong, message):
+    from course.exercises import check_stable_frechet_distance
+
+    with pytest.raises(ExerciseFailed, match=message):
+        check_stable_frechet_distance(wrong)
+
+
+def test_stable_frechet_checker_switches_sqrtm_off():
+    import scipy.linalg
+
+    from course.exercises import check_stable_frechet_distance
+
+    def with_sqrtm(mu_1, s_1, mu_2, s_2):
+        return float(((mu_1 - mu_2) ** 2).sum() + np.trace(s_1 + s_2) - 2 * np.trace(scipy.linalg.sqrtm(s_1 @ s_2)).real)
+
+    with pytest.raises(ExerciseFailed, match="sqrtm is switched off during this check"):
+        check_stable_frechet_distance(with_sqrtm)
+    assert scipy.linalg.sqrtm.__module__.startswith("scipy")  # restored afterwards

@@ -13,7 +13,7 @@ from .attention import check_multi_head_attention, check_scaled_dot_product_atte
 from .datasets import check_to_model_range  # noqa: F401
 from .forward import check_q_posterior, check_q_sample  # noqa: F401
 from .ddpm import check_ddpm_step, check_l_simple  # noqa: F401
-from .fid import check_feature_statistics, check_frechet_distance  # noqa: F401
+from .fid import check_feature_statistics, check_frechet_distance, check_stable_frechet_distance  # noqa: F401
 from .ddim import check_ddim_step  # noqa: F401
 from .pag import check_pag_epsilon, check_perturbed_self_attention  # noqa: F401
 from .guidance import check_cfg_combine, check_classifier_guided_eps, check_drop_labels  # noqa: F401

@@ -115,3 +115,94 @@ def _frechet_hint(got, mu_1, s_1, mu_2, s_2) -> str:
     else:
         return ""
     return f"\nhint: {hint}"
+
+
+# --------------------------------------------------------------------------- the stable (symmetric) form
+
+class _SqrtmSwitchedOff(RuntimeError):
+    pass
+
+
+def _no_sqrtm(*args, **kwargs):
+    raise _SqrtmSwitchedOff("scipy.linalg.sqrtm is switched off during this check: the exercise asks for the "
+                            "symmetric eigenvalue form. Build sigma_1^(1/2) from np.linalg.eigh(sigma_1), then take "
+                            "the eigenvalues of sigma_1^(1/2) sigma_2 sigma_1^(1/2) with np.linalg.eigvalsh")
+
+
+def _stable_hint(got, mu_1, s_1, mu_2, s_2) -> str:
+    """The usual slips of the eigenvalue form, recomputed."""
+    mean_term = ((mu_1 - mu_2) ** 2).sum() + np.trace(s_1) + np.trace(s_2)
+    w, v = np.linalg.eigh(s_1)
+    root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    middle = root @ s_2 @ root
+    eig_middle = np.linalg.eigvalsh((middle + middle.T) / 2)
+    candidates = [
+        (mean_term - 2 * np.clip(eig_middle, 0, None).sum(),
+         "you summed the eigenvalues of sigma_1^(1/2) sigma_2 sigma_1^(1/2); the trace of its square root is the "
+         "sum of their square roots"),
+        (mean_term - 2 * np.sqrt(np.clip(np.linalg.eigvalsh(s_1 @ s_2), 0, None)).sum(),
+         "np.linalg.eigvalsh assumes a symmetric matrix and reads only one triangle; sigma_1 sigma_2 is not "
+         "symmetric. Take the eigenvalues of the symmetric sigma_1^(1/2) sigma_2 sigma_1^(1/2) instead"),
+        (mean_term - 2 * np.sqrt(np.clip(np.linalg.eigvalsh(np.sqrt(np.abs(s_1)) @ s_2 @ np.sqrt(np.abs(s_1))),
+                                         0, None)).sum(),
+         "np.sqrt(sigma_1) is an element-wise square root, not the matrix square root: build it from the "
+         "eigendecomposition, V diag(sqrt(w)) V^T with w, V = np.linalg.eigh(sigma_1)"),
+        (mean_term - np.sqrt(np.clip(eig_middle, 0, None)).sum(),
+         "the cross term is -2 Tr((sigma_1 sigma_2)^(1/2)): the factor 2 is missing"),
+    ]
+    for candidate, hint in candidates:
+        if np.isclose(got, candidate, rtol=1e-6, atol=1e-8):
+            return f"\nhint: {hint}"
+    return _frechet_hint(got, mu_1, s_1, mu_2, s_2)
+
+
+def check_stable_frechet_distance(student_fn) -> None:
+    """Check ``stable_frechet_distance(mu_1, sigma_1, mu_2, sigma_2) -> float``, the Fréchet distance through the
+    symmetric form Tr((S_1 S_2)^(1/2)) = Tr((S_1^(1/2) S_2 S_1^(1/2))^(1/2)), with scipy's sqrtm switched off.
+
+    Compared with fid.frechet_distance on random Gaussians (D = 1 to 64), identical statistics, equal covariances and
+    singular covariances (N < D), where rounding makes eigenvalues slightly negative.
+    """
+    from unittest import mock
+
+    name = "stable_frechet_distance"
+    rng = np.random.default_rng(2)
+    cases = []
+    for d, condition in [(1, 1.0), (4, 5.0), (16, 50.0), (64, 10.0)]:
+        (mu_1, s_1), (mu_2, s_2) = _gaussian_case(rng, d, condition), _gaussian_case(rng, d, condition)
+        cases.append((f"D = {d}, two random Gaussians", mu_1, s_1, mu_2, s_2))
+    mu, s = _gaussian_case(rng, 8, 3.0)
+    cases.append(("identical statistics (the answer is 0)", mu, s, mu.copy(), s.copy()))
+    cases.append(("equal covariances, different means (the answer is ||mu_1 - mu_2||^2)", mu, s, mu + 0.5, s.copy()))
+    cases.append(_rank_deficient_case(rng))
+    case, mu_1, s_1, mu_2, s_2 = _rank_deficient_case(rng)
+    cases.append(("the same, with the singular covariance second", mu_2, s_2, mu_1, s_1))
+    for case, mu_1, s_1, mu_2, s_2 in cases:
+        with mock.patch.object(scipy.linalg, "sqrtm", _no_sqrtm):
+            try:
+                got = call_student(name, student_fn, case, mu_1.copy(), s_1.copy(), mu_2.copy(), s_2.copy())
+            except ExerciseFailed as failure:
+                if "did not converge" in failure.message or "LinAlgError" in failure.message:
+                    raise ExerciseFailed(name, failure.message + "\nhint: a NaN reached an eigensolver: the square "
+                                               "root of a slightly negative eigenvalue. Rounding makes the smallest "
+                                               "eigenvalues of a singular covariance about -1e-16; clip them at 0 "
+                                               "(np.clip(w, 0, None)) before np.sqrt") from None
+                raise
+        if isinstance(got, (np.ndarray, torch.Tensor)) and np.size(got) == 1:
+            got = got.item()
+        if isinstance(got, complex) or np.iscomplexobj(got):
+            raise ExerciseFailed(name, f"the distance is complex ({complex(got):.6g}): the symmetric form has real "
+                                       f"eigenvalues (np.linalg.eigvalsh); keep real numbers\nwhile checking: {case}")
+        if not isinstance(got, (float, int, np.floating)):
+            raise ExerciseFailed(name, f"return one number, got {type(got).__name__}\nwhile checking: {case}")
+        if not np.isfinite(got):
+            raise ExerciseFailed(name, f"the distance is {got}\nhint: the square root of a negative eigenvalue is NaN; "
+                                       "rounding makes the smallest eigenvalues of a singular covariance slightly "
+                                       f"negative: clip them at 0 (np.clip(w, 0, None))\nwhile checking: {case}")
+        expected = fid.frechet_distance(mu_1, s_1, mu_2, s_2)
+        if not np.isclose(got, expected, rtol=1e-6, atol=1e-8):
+            raise ExerciseFailed(name, f"got {float(got):.10g}, expected {expected:.10g} (difference "
+                                       f"{abs(float(got) - expected):.3g})\nwhile checking: {case}"
+                                       + _stable_hint(got, mu_1, s_1, mu_2, s_2))
+    passed(name, len(cases), "D = 1 to 64, identical statistics, equal covariances, singular covariances, "
+                             "without sqrtm")
