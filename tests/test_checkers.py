@@ -476,3 +476,60 @@ def test_stable_frechet_checker_switches_sqrtm_off():
     with pytest.raises(ExerciseFailed, match="sqrtm is switched off during this check"):
         check_stable_frechet_distance(with_sqrtm)
     assert scipy.linalg.sqrtm.__module__.startswith("scipy")  # restored afterwards
+
+
+# notebook 05's exercise 2: the Langevin corrector step and its step size
+
+def _langevin(norm="batch_mean", factor=2.0, noise_factor=2.0, use_alpha=True, invert=False, sign=1.0):
+    def step(x, score, noise, snr, alpha):
+        def norms(v):
+            return v.reshape(len(v), -1).norm(dim=-1)
+        if norm == "batch_mean":
+            ratio = norms(noise).mean() / norms(score).mean()
+        elif norm == "per_sample":
+            ratio = (norms(noise) / norms(score)).reshape(-1, *[1] * (x.dim() - 1))
+        elif norm == "whole":
+            ratio = noise.norm() / score.norm()
+        else:  # root of the mean squares
+            ratio = (norms(noise).pow(2).mean() / norms(score).pow(2).mean()).sqrt()
+        if invert:
+            ratio = 1 / ratio
+        eps = factor * (alpha if use_alpha else 1.0) * (snr * ratio) ** 2
+        return x + sign * eps * score + (noise_factor * eps) ** 0.5 * noise
+    return step
+
+
+def test_langevin_checker_accepts_the_reference_and_an_equivalent_form(capsys):
+    import math
+
+    from course import sde
+    from course.exercises import check_langevin_step
+
+    def from_the_ratio(x, score, noise, snr, alpha):
+        """eps solved from ||eps score|| / ||sqrt(2 eps) z|| = snr sqrt(alpha), with the batch-mean norms."""
+        z = noise.flatten(1).norm(dim=1).mean().item()
+        s = score.flatten(1).norm(dim=1).mean().item()
+        eps = 2 * (snr * math.sqrt(alpha) * z / s) ** 2
+        return x + eps * score + math.sqrt(2 * eps) * noise
+
+    check_langevin_step(_langevin())
+    check_langevin_step(from_the_ratio)
+    check_langevin_step(sde.langevin_step)
+    assert capsys.readouterr().out.count("langevin_step: all 7 cases pass") == 3
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(invert=True), "upside down"),
+    (dict(factor=1.0), "half the right size"),
+    (dict(noise_factor=1.0), r"sqrt\(2 eps\) z, not sqrt\(eps\) z"),
+    (dict(use_alpha=False), "alpha is missing"),
+    (dict(norm="per_sample"), "one eps for the whole batch"),
+    (dict(norm="whole"), "one norm of the whole batch"),
+    (dict(norm="squares"), "averaged the squared norms"),
+    (dict(sign=-1.0), r"\+ eps score"),
+])
+def test_langevin_checker_names_the_usual_mistakes(kwargs, message):
+    from course.exercises import check_langevin_step
+
+    with pytest.raises(ExerciseFailed, match=message):
+        check_langevin_step(_langevin(**kwargs))

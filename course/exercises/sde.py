@@ -122,3 +122,79 @@ def check_pf_ode_drift(student_pf_ode_drift) -> None:
             "x ~ N(0, I) with its exact score -x: N(0, I) is the VP SDE's stationary law, so the drift must be 0")
     passed(name, len(cases) + 1, "s from 1 to 0.002, 2D and image shapes, float32 and float64, "
                                  "the stationary N(0, I)")
+
+
+# --------------------------------------------------------------------------- the Langevin corrector step
+
+def _langevin_variants(x, score, noise, snr, alpha):
+    """The step size of each usual mistake, with the hint that names it."""
+    def per_sample(v):
+        return v.reshape(len(v), -1).norm(dim=-1)
+
+    z_norm, s_norm = per_sample(noise).mean(), per_sample(score).mean()
+    right = 2 * alpha * (snr * z_norm / s_norm) ** 2
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    per_sample_eps = (2 * alpha * (snr * per_sample(noise) / per_sample(score)) ** 2).reshape(shape)
+    whole = 2 * alpha * (snr * noise.norm() / score.norm()) ** 2
+    step = lambda eps, noise_scale=None: x + eps * score + (noise_scale if noise_scale is not None  # noqa: E731
+                                                           else torch.sqrt(2 * torch.as_tensor(eps))) * noise
+    return [
+        (step(2 * alpha * (snr * s_norm / z_norm) ** 2), "the ratio is upside down: the score push "
+         "eps ||score|| must be r sqrt(alpha) times the noise sqrt(2 eps) ||z||, so eps grows with ||z|| / ||score||"),
+        (step(alpha * (snr * z_norm / s_norm) ** 2), "eps is half the right size: solve eps ||score|| = r sqrt(alpha) "
+         "sqrt(2 eps) ||z|| for eps again (square both sides; the 2 of sqrt(2 eps) stays)"),
+        (step(right, torch.sqrt(right)), "the noise term of a Langevin step is sqrt(2 eps) z, not sqrt(eps) z"),
+        (step(2 * (snr * z_norm / s_norm) ** 2), "alpha is missing from the step size: eps = 2 alpha (...)^2"),
+        (step(per_sample_eps), "one eps for the whole batch: average the per-sample norms over the batch first "
+         "(as Song's code and diffusers do), then form the ratio; you took one ratio per sample"),
+        (step(whole), "the norms are per sample, then averaged over the batch; you took one norm of the whole "
+         "batch (or, the same, averaged the squared norms): take each sample's norm, then the mean of those"),
+        (x - right * score + torch.sqrt(2 * right) * noise, "the score step goes up the log-density: + eps score"),
+    ]
+
+
+def _langevin_cases(seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    cases = []
+    for shape, dtype, snr, alpha, spread in [((16, 2), torch.float32, 0.16, 1.0, 1.0),
+                                             ((16, 2), torch.float32, 0.16, 0.98, 30.0),
+                                             ((3, 1, 8, 8), torch.float64, 0.05, 0.999, 5.0),
+                                             ((6, 3, 4, 4), torch.float32, 0.3, 0.9, 0.1),
+                                             ((1, 2), torch.float64, 0.16, 1.0, 1.0)]:
+        scale = torch.logspace(0, math.log10(spread), shape[0], dtype=dtype).reshape(-1, *[1] * (len(shape) - 1))
+        case = (f"x of shape {shape}, {dtype}, snr = {snr}, alpha = {alpha}"
+                + (f", score norms varying {spread:g}x across the batch" if spread != 1 else ""))
+        cases.append((case, torch.randn(shape, generator=gen, dtype=dtype),
+                      torch.randn(shape, generator=gen, dtype=dtype) * scale,
+                      torch.randn(shape, generator=gen, dtype=dtype), snr, alpha))
+    return cases
+
+
+def check_langevin_step(student_langevin_step) -> None:
+    """Check ``langevin_step(x, score, noise, snr, alpha)``: x + eps score + sqrt(2 eps) z with
+    eps = 2 alpha (snr ||z|| / ||score||)^2, the norms per sample and averaged over the batch (Song et al.
+    Algorithm 5), against sde.langevin_step and diffusers' ScoreSdeVeScheduler.step_correct."""
+    name = "langevin_step"
+    cases = _langevin_cases()
+    for case, x, score, noise, snr, alpha in cases:
+        got = call_student(name, student_langevin_step, case, x.clone(), score.clone(), noise.clone(), snr, alpha)
+        expected = sde.langevin_step(x, score, noise, snr=snr, alpha=alpha)
+        hint = ""
+        if not _close(got, expected):
+            hint = next(("\nhint: " + h for wrong, h in _langevin_variants(x, score, noise, snr, alpha)
+                         if _close(got, wrong.to(x.dtype))), "")
+        compare(name, "the corrected x", got, expected, case + hint)
+    from diffusers import ScoreSdeVeScheduler
+
+    scheduler = ScoreSdeVeScheduler(snr=0.16)
+    scheduler.set_timesteps(10)
+    for seed, shape in [(1, (4, 1, 8, 8)), (2, (32, 2))]:
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(100 + seed))
+        score = torch.randn(shape, generator=torch.Generator().manual_seed(200 + seed)) * 7
+        theirs = scheduler.step_correct(score, x, generator=torch.Generator().manual_seed(seed)).prev_sample
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))  # the z diffusers drew
+        case = f"against diffusers' ScoreSdeVeScheduler(snr=0.16).step_correct, x of shape {shape}, same noise"
+        got = call_student(name, student_langevin_step, case, x.clone(), score.clone(), noise.clone(), 0.16, 1.0)
+        compare(name, "the corrected x", got, theirs, case)
+    passed(name, len(cases) + 2, "2D and image batches, float32 and float64, score norms varying across the batch, "
+                                 "a batch of one, diffusers' ScoreSdeVeScheduler.step_correct")
