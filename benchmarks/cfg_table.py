@@ -20,7 +20,7 @@ import time
 import torch
 
 from common import RESULTS, print_table, save
-from course import fid, guidance, models, train
+from course import fid, guidance, models, widgets
 
 
 def row(kind: str, w: float, report: dict, seconds: float) -> dict:
@@ -35,7 +35,7 @@ def row(kind: str, w: float, report: dict, seconds: float) -> dict:
 
 def widget_latency(unet, moves=(0.5, 1.0, 2.0, 3.0, 5.0, 8.0), classes=("7", "any digit"),
                    negatives=("3", "5")) -> dict:
-    explorer = guidance.GuidanceExplorer(unet, n=8, steps=10, classifier=train.load_classifier())
+    explorer = widgets.GuidanceExplorer(unet, n=8, steps=10, classifier=models.load_classifier())
     explorer.latencies.clear()
     for w in moves:  # slider moves to new values
         explorer.w.value = w
@@ -69,7 +69,7 @@ def main():
     parser.add_argument("--name", help="results file name (default cfg_table_MODE)")
     args = parser.parse_args()
     name = args.name or f"cfg_table_{args.mode}"
-    unet, network = train.load_digits_unet(), fid.feature_network()
+    unet, network = models.load_digits_unet(), fid.feature_network()
     if args.latency_only:
         saved = json.loads((RESULTS / f"{name}.json").read_text())["rows"]
         latency = widget_latency(unet)
@@ -85,7 +85,7 @@ def main():
         print(rows[-1], flush=True)
         save(name, rows)
     if args.classifier_w:
-        noisy = train.load_noisy_classifier()
+        noisy = models.load_noisy_classifier()
         for w in args.classifier_w:
             start = time.perf_counter()
             sample = guidance.classifier_guided_sampler(w, steps=args.steps, classifier=noisy, unet=unet,

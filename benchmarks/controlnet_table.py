@@ -23,9 +23,9 @@ import time
 import torch
 
 from common import print_table, save
+from course import datasets, widgets
 from course import controlnet as cn
-from course import datasets, train
-from course.models import NULL_LABEL
+from course.models import NULL_LABEL, load_digits_unet
 
 
 def main():
@@ -38,9 +38,9 @@ def main():
     parser.add_argument("--curve-sample-steps", type=int, default=10)
     parser.add_argument("--name", default="controlnet_table")
     args = parser.parse_args()
-    unet = train.load_digits_unet()
-    models = {"ControlNet": train.load_digits_controlnet(),
-              "no zero convs": train.load_digits_controlnet("digits_controlnet_no_zero")}
+    unet = load_digits_unet()
+    controlnets = {"ControlNet": cn.load_digits_controlnet(),
+                   "no zero convs": cn.load_digits_controlnet("digits_controlnet_no_zero")}
     images, labels = datasets.digits("test")
     images, labels = images[:args.n], labels[:args.n]
     masks, null = cn.digit_masks(images), torch.full_like(labels, NULL_LABEL)
@@ -53,7 +53,7 @@ def main():
                 "iou_median": round(per_mask.median().item(), 4), "seconds": round(time.perf_counter() - start, 1)}
 
     adherence_rows = []
-    for name, model in [("base", None), *models.items()]:
+    for name, model in [("base", None), *controlnets.items()]:
         for label_name, y in [("null", null), ("true", labels)]:
             adherence_rows.append({"table": "adherence", "model": name, "label": label_name, "masks": len(masks),
                                    **score(model, y)})
@@ -67,17 +67,17 @@ def main():
         distance_rows.append({"table": "distance", "model": name,
                               "at_step_0": round(cn.distance_from_base(unet, cn.ControlNet(unet, zero_init=zero_init),
                                                                        n=len(images)), 5),
-                              "after_training": round(cn.distance_from_base(unet, models[name], n=len(images)), 5)})
+                              "after_training": round(cn.distance_from_base(unet, controlnets[name], n=len(images)), 5)})
     print_table([{k: v for k, v in r.items() if k != "table"} for r in distance_rows],
                 f"|eps_controlled - eps_base| / |eps_base| on {len(images)} held-out digits at random t")
 
-    scale_rows = [{"table": "scale", "model": "ControlNet", "label": "null", "scale": s, **score(models["ControlNet"], null, s)}
+    scale_rows = [{"table": "scale", "model": "ControlNet", "label": "null", "scale": s, **score(controlnets["ControlNet"], null, s)}
                   for s in args.scales]
     print_table([{k: v for k, v in r.items() if k != "table"} for r in scale_rows], "IoU against the conditioning scale")
 
     conditions = {f"digit {i}": cn.digit_masks(images[i:i + 1]) for i in range(3)}
     conditions.update({kind: cn.parametric_mask(kind) for kind in ("ring", "bar", "cross", "blob")})
-    explorer = cn.ControlNetExplorer(unet, models["ControlNet"], conditions, n=8, steps=10)
+    explorer = widgets.ControlNetExplorer(unet, controlnets["ControlNet"], conditions, n=8, steps=10)
     for name in list(conditions)[1:]:
         explorer.picker.value = name
     for s in (0.5, 1.5, 0.0):

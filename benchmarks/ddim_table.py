@@ -10,7 +10,7 @@ import argparse
 import time
 
 from common import print_table, save
-from course import ddim, fid, train
+from course import ddim, fid, models
 from course.schedules import linear_schedule
 
 
@@ -33,7 +33,7 @@ def main():
                         help="add 1000 for DDPM itself (eta = 1): about 11 minutes per 200 samples on 2 cores")
     parser.add_argument("--name", help="results file name (default ddim_table_MODE)")
     args = parser.parse_args()
-    unet = train.load_digits_unet()
+    unet = models.load_digits_unet()
     rows = []
     for steps in args.steps:
         for eta in (0.0, 1.0):

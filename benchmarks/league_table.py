@@ -13,13 +13,13 @@ import time
 import torch
 
 from common import RESULTS, save
-from course import ddpm, fid, train
+from course import ddpm, fid, models, results
 from course.schedules import linear_schedule
 from ddim_table import ddim_sampler
 
 
 def ddpm_1000(labels, seed):
-    unet = train.load_digits_unet()
+    unet = models.load_digits_unet()
     samples, _ = ddpm.ddpm_sample(lambda x, t: unet(x, t, class_labels=labels).sample, linear_schedule(),
                                       (len(labels), 1, 16, 16), seed=seed)
     return samples.clamp(-1, 1)
@@ -27,7 +27,7 @@ def ddpm_1000(labels, seed):
 
 def ddim(steps: int, eta: float = 0.0):
     def sample(labels, seed):
-        return ddim_sampler(train.load_digits_unet(), steps, eta)(labels, seed)
+        return ddim_sampler(models.load_digits_unet(), steps, eta)(labels, seed)
     return sample
 
 
@@ -84,7 +84,7 @@ def main():
         rows.append({"sampler": sampler_name, **{k: round(v, 4) if isinstance(v, float) else v for k, v in report.items()},
                      "seconds": round(time.perf_counter() - start, 1)})
         print(rows[-1], flush=True)
-    print(fid.format_league_table(rows))
+    print(results.format_league_table(rows))
     save(results_name, rows)
 
 

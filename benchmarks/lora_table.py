@@ -19,7 +19,7 @@ import time
 import torch
 
 from common import print_table, save
-from course import fid, lora, train
+from course import fid, lora, models
 
 
 def row(name: str, r, fit: dict | None, report: dict, base_params: int) -> dict:
@@ -48,7 +48,7 @@ def main():
     args = parser.parse_args()
     name = args.name or f"lora_table_{args.mode}"
     n = fid.SAMPLE_COUNTS[args.mode]
-    base, network = train.load_digits_unet(), fid.feature_network()
+    base, network = models.load_digits_unet(), fid.feature_network()
     images, labels = lora.bold_digits("train", per_class=args.per_class)
     base_params = lora.count_parameters(base)["total"]
     bold_test, bold_test_labels = lora.bold_digits("test")

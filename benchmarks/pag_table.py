@@ -17,7 +17,7 @@ import time
 import torch
 
 from common import RESULTS, print_table, save
-from course import fid, pag, train
+from course import fid, models, pag, widgets
 
 ALL = tuple(pag.LAYERS)
 DEFAULTS = dict(layers=pag.DEFAULT_LAYERS, strategy="identity", t_range=None, w=None)
@@ -55,7 +55,7 @@ def score(unet, network, mode, s, layers=pag.DEFAULT_LAYERS, strategy="identity"
 
 def widget_latency(unet, moves: int = 12) -> dict:
     """Seconds per new (s, layers) setting of notebook 07's PAGExplorer (8 samples, 10 DDIM steps; nothing precomputed)."""
-    explorer = pag.PAGExplorer(unet, precompute=False)
+    explorer = widgets.PAGExplorer(unet, precompute=False)
     settings = [(s, name) for name in ("mid", "all three") for s in (0.5, 1.0, 2.0, 3.0, 5.0, 1.5)][:moves]
     for s, name in settings:
         explorer.layers.value = name
@@ -74,7 +74,7 @@ def main():
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS) + ["widget"],
                         choices=list(SECTIONS) + ["widget"])
     args = parser.parse_args()
-    unet, network = train.load_digits_unet(), fid.feature_network()
+    unet, network = models.load_digits_unet(), fid.feature_network()
     rows, done = [], {}
     saved = RESULTS / f"pag_table_{args.mode}.json"
     if saved.exists():  # keep the sections this run does not redo

@@ -15,7 +15,7 @@ import time
 import torch
 
 from common import print_table, save
-from course import datasets, fid, metrics, sde, train
+from course import datasets, fid, metrics, models, sde
 from course.schedules import linear_schedule
 
 SETTINGS = {
@@ -58,7 +58,7 @@ def mixture_rows(settings: dict, n: int) -> list[dict]:
     # the real-vs-real floor: fresh exact samples against the reference, averaged over 5 draws (it fluctuates)
     floor = sum(metrics.energy_distance(mixture.sample(n, seed=102 + i)[0], reference) for i in range(5)) / 5
     scores = {"exact": sde.mixture_score(mixture, vp),
-              "learned": sde.eps_model_score(train.load_toy("gaussian_mixture"), vp)}
+              "learned": sde.eps_model_score(models.load_toy("gaussian_mixture"), vp)}
     rows = []
     for score_name, score in scores.items():
         for name, values in settings.items():
@@ -75,7 +75,7 @@ def mixture_rows(settings: dict, n: int) -> list[dict]:
 
 def digits_rows(settings: dict, mode: str, name_suffix: str) -> list[dict]:
     vp = sde.VPSDE.from_schedule(linear_schedule())
-    unet = train.load_digits_unet()
+    unet = models.load_digits_unet()
     rows = []
     for name, values in settings.items():
         for value in values:

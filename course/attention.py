@@ -1,4 +1,6 @@
-"""Attention, from Bahdanau's additive alignment to multi-head self- and cross-attention (notebook 01).
+"""Attention (notebook 01): scaled dot-product, multi-head, self- and cross-attention, positional encoding.
+
+Bahdanau's additive attention and its seq2seq task are in :mod:`course.seq2seq`.
 
 Shapes follow ``torch.nn.functional.scaled_dot_product_attention``: queries ``(..., L, d_k)``,
 keys ``(..., S, d_k)``, values ``(..., S, d_v)``; a boolean mask is True where a query *may*
@@ -9,25 +11,19 @@ as the timestep embedding; it is re-exported here under the same name.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import math
-from typing import Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import validate
-from .models import sinusoidal_embedding  # noqa: F401 - re-exported: one positional/timestep embedding
+from .models import sinusoid_frequencies, sinusoidal_embedding  # re-exported: one positional/timestep embedding
 
 __all__ = [
     "sinusoidal_embedding", "positional_encoding", "positional_shift_matrix",
     "attention_logits", "attention_weights", "scaled_dot_product_attention", "causal_mask",
     "split_heads", "merge_heads", "multi_head_attention", "MultiHeadAttention", "TransformerBlock",
-    "SpatialCrossAttention", "AdditiveAttention", "Seq2Seq", "reversal_batch", "train_seq2seq",
-    "accuracy_by_length", "softmax_entropy", "AttentionExplorer",
+    "SpatialCrossAttention", "cross_attention", "softmax_entropy",
 ]
 
 
@@ -50,10 +46,7 @@ def positional_shift_matrix(offset: int, dim: int, max_period: float = 10_000.0)
     Vaswani et al. chose sinusoids because PE(p + k) is a linear function of PE(p): each (cos, sin)
     pair at frequency w_i is rotated by the angle k w_i.
     """
-    if dim % 2:
-        raise ValueError(f"dim must be even, got {dim}")
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+    freqs = sinusoid_frequencies(dim, max_period)
     cos, sin = torch.cos(offset * freqs), torch.sin(offset * freqs)
     top = torch.cat([torch.diag(cos), torch.diag(sin)], dim=1)
     bottom = torch.cat([-torch.diag(sin), torch.diag(cos)], dim=1)
@@ -305,277 +298,26 @@ class SpatialCrossAttention(nn.Module):
         if feature_map.dim() != 4 or tokens.dim() != 3 or feature_map.shape[0] != tokens.shape[0]:
             raise ValueError(f"feature_map must be (B, C, H, W) and tokens (B, N, D) with the same B, got "
                              f"{tuple(feature_map.shape)} and {tuple(tokens.shape)}")
-        B, C, H, W = feature_map.shape
-        pixels = feature_map.flatten(2).transpose(1, 2)  # (B, H*W, C): one query per pixel
-        a = self.attention
-        weights = attention_weights(pixels @ a.W_q, tokens @ a.W_k)  # (B, H*W, N)
         if token_weights is not None:
             token_weights = validate.floating("token_weights", token_weights)
             if token_weights.shape != (tokens.shape[1],):
                 raise ValueError(f"token_weights needs one weight per token, shape ({tokens.shape[1]},), "
                                  f"got {tuple(token_weights.shape)}")
-            weights = weights * token_weights
-        out = weights @ (tokens @ a.W_v) @ a.W_o
-        return out.transpose(1, 2).reshape(B, -1, H, W), weights
+        a = self.attention
+        return cross_attention(feature_map, tokens, a.W_q, a.W_k, a.W_v, a.W_o, token_weights)
 
 
-# --------------------------------------------------------------------------- Bahdanau attention and seq2seq
+def cross_attention(feature_map: torch.Tensor, tokens: torch.Tensor, W_q: torch.Tensor, W_k: torch.Tensor,
+                    W_v: torch.Tensor, W_o: torch.Tensor, token_weights: torch.Tensor | None = None):
+    """Single-head cross-attention from the pixels of a (B, C, H, W) feature map to (B, N, D) tokens.
 
-@contextlib.contextmanager
-def _one_thread():
-    """Run tiny recurrent steps on one thread: with two, thread hand-offs cost more than the arithmetic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-class AdditiveAttention(nn.Module):
-    """Bahdanau et al. 2015: e_ij = v^T tanh(W s_{i-1} + U h_j), alpha_ij = softmax_j(e_ij), c_i = sum_j alpha_ij h_j.
-
-    Eqs. 5-6 with the alignment model of appendix A.1.2. With ``values`` given, the context averages
-    them instead of the annotations, c_i = sum_j alpha_ij v_j: h_j is then the key and v_j the value.
-    Returns c_i (B, D_v) and alpha_i (B, S).
+    Q = phi(z) W_q (one query per pixel), K = tau W_k, V = tau W_v; returns softmax(Q K^T / sqrt(d)) V W_o as
+    (B, C_out, H, W), without the residual, and the (B, H*W, N) weights (re-weighted by ``token_weights``).
     """
-
-    def __init__(self, state_dim: int, annotation_dim: int, hidden_dim: int):
-        super().__init__()
-        self.W = nn.Linear(state_dim, hidden_dim, bias=False)
-        self.U = nn.Linear(annotation_dim, hidden_dim)
-        self.v = nn.Linear(hidden_dim, 1, bias=False)
-
-    def forward(self, s_prev: torch.Tensor, h: torch.Tensor, values: torch.Tensor | None = None,
-                U_h: torch.Tensor | None = None):
-        U_h = self.U(h) if U_h is None else U_h  # the h_j part does not change with i: precompute it
-        energy = self.v(torch.tanh(self.W(s_prev)[:, None] + U_h)).squeeze(-1)  # e_ij, (B, S)
-        alpha = torch.softmax(energy, dim=-1)
-        return torch.bmm(alpha[:, None], h if values is None else values)[:, 0], alpha
-
-
-class Seq2Seq(nn.Module):
-    """A GRU encoder-decoder on token sequences (after Bahdanau et al. 2015, appendix A).
-
-    The encoder is a bidirectional GRU whose states h_j are the annotations. With ``attention=True``
-    the decoder reads a new context at every step, c_i = sum_j alpha_ij v_j, with weights scored on the
-    annotations h_j (the keys) and averaging the embedded inputs v_j = E x_j (the values): x_j sits in
-    v_j only, so the weights show where each output reads from. With ``attention=False`` it reads one
-    fixed context c = [forward h_S; backward h_1] at every step, the bottleneck of Cho et al. 2014 and
-    Sutskever et al. 2014. The decoder is s_i = GRU(s_{i-1}, c_i), output softmax(W_y [s_i; c_i]):
-    for a task whose output length is known, it needs no previous output, hence no teacher forcing.
-    """
-
-    def __init__(self, vocab_size: int = 10, embed_dim: int = 16, hidden_dim: int = 64, attention: bool = True,
-                 seed: int = 0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.config = dict(vocab_size=vocab_size, embed_dim=embed_dim, hidden_dim=hidden_dim, attention=attention)
-        self.vocab_size, self.use_attention = vocab_size, attention
-        self.embed = nn.Embedding(vocab_size, embed_dim)
-        self.encoder = nn.GRU(embed_dim, hidden_dim // 2, batch_first=True, bidirectional=True)
-        self.init_state = nn.Linear(hidden_dim, hidden_dim)
-        self.attend = AdditiveAttention(hidden_dim, hidden_dim, hidden_dim) if attention else None
-        context_dim = embed_dim if attention else hidden_dim
-        self.decoder = nn.GRUCell(context_dim, hidden_dim)
-        self.readout = nn.Linear(hidden_dim + context_dim, vocab_size)
-
-    def encode(self, src: torch.Tensor):
-        h, last = self.encoder(self.embed(src))  # h: (B, S, hidden), last: (2, B, hidden/2)
-        summary = torch.cat([last[0], last[1]], dim=-1)  # forward state after x_S, backward after x_1
-        return h, summary
-
-    def forward(self, src: torch.Tensor, length: int | None = None):
-        """Logits (B, T, V) and attention weights alpha (B, T, S) for T = ``length`` output steps (default S)."""
-        if src.dim() != 2 or src.is_floating_point():
-            raise ValueError(f"src must be a (batch, length) tensor of token ids, got {tuple(src.shape)} {src.dtype}")
-        with _one_thread():
-            return self._decode(src, length)
-
-    def _decode(self, src, length):
-        h, summary = self.encode(src)
-        s = torch.tanh(self.init_state(summary))  # s_0
-        values = self.embed(src)  # v_j = E x_j
-        U_h = self.attend.U(h) if self.use_attention else None
-        states, contexts, alphas = [], [], []
-        for _ in range(length or src.shape[1]):
-            if self.use_attention:
-                c, alpha = self.attend(s, h, values, U_h)  # c_i from s_{i-1}
-                alphas.append(alpha)
-            else:
-                c = summary
-            s = self.decoder(c, s)
-            states.append(s), contexts.append(c)
-        logits = self.readout(torch.cat([torch.stack(states, 1), torch.stack(contexts, 1)], dim=-1))
-        weights = torch.stack(alphas, 1) if alphas else torch.zeros(src.shape[0], len(states), src.shape[1])
-        return logits, weights
-
-
-def reversal_batch(batch_size: int, length: int, vocab_size: int = 10, generator: torch.Generator | None = None):
-    """Random digit sequences x, shape (B, length), and their reversals y = x[::-1]."""
-    src = torch.randint(0, vocab_size, (batch_size, length), generator=generator)
-    return src, src.flip(1)
-
-
-def train_seq2seq(model: Seq2Seq, steps: int = 500, lengths: tuple[int, int] = (3, 12), batch_size: int = 64,
-                  lr: float = 1e-2, seed: int = 0, progress: bool = True, description: str | None = None):
-    """Train on sequence reversal: cross-entropy, Adam with a one-cycle learning rate, one random length per batch.
-
-    Returns the loss of every step.
-    """
-    with _one_thread():
-        return _train_seq2seq(model, steps, lengths, batch_size, lr, seed, progress, description)
-
-
-def _train_seq2seq(model, steps, lengths, batch_size, lr, seed, progress, description):
-    from tqdm.auto import tqdm
-
-    gen = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.2)
-    losses = []
-    model.train()
-    bar = tqdm(range(steps), desc=description or ("with attention" if model.use_attention else "fixed context"),
-               disable=not progress, mininterval=0.5)
-    for _ in bar:
-        length = int(torch.randint(lengths[0], lengths[1] + 1, (1,), generator=gen))
-        src, target = reversal_batch(batch_size, length, model.vocab_size, gen)
-        logits, _ = model(src)
-        loss = F.cross_entropy(logits.reshape(-1, model.vocab_size), target.reshape(-1))
-        optimizer.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    model.eval()
-    return losses
-
-
-@torch.no_grad()
-def accuracy_by_length(model: Seq2Seq, lengths: Sequence[int], n: int = 500, seed: int = 1) -> dict[int, float]:
-    """Fraction of output digits right (the most likely digit at each step), per input length."""
-    gen = torch.Generator().manual_seed(seed)
-    accuracy = {}
-    with _one_thread():
-        for length in lengths:
-            src, target = reversal_batch(n, length, model.vocab_size, gen)
-            logits, _ = model(src)
-            accuracy[int(length)] = (logits.argmax(-1) == target).float().mean().item()
-    return accuracy
-
-
-# --------------------------------------------------------------------------- the widget
-
-class AttentionExplorer:
-    """Pick a head and a query token, and a temperature tau; see softmax(logits / tau) for that query.
-
-    ``logits`` (h, L, S) are scaled logits Q K^T / sqrt(d_k), one (L, S) block per head. Each view is
-    drawn the first time it is asked for, over a background rendered once (blitting: a few milliseconds),
-    then cached, so the controls react at once.
-    """
-
-    def __init__(self, logits, query_labels, key_labels=None, head_names=None,
-                 temperatures=(0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 10.0), dpi: int = 90):
-        import ipywidgets as widgets
-
-        logits = validate.floating("logits", logits).detach().float()
-        if logits.dim() == 2:
-            logits = logits[None]
-        if logits.dim() != 3:
-            raise ValueError(f"logits must have shape (heads, queries, keys), got {tuple(logits.shape)}")
-        h, L, S = logits.shape
-        key_labels = list(query_labels) if key_labels is None else list(key_labels)
-        if len(query_labels) != L or len(key_labels) != S:
-            raise ValueError(f"logits have {L} queries and {S} keys, but {len(query_labels)} query labels "
-                             f"and {len(key_labels)} key labels")
-        self.logits, self.dpi = logits, dpi
-        self.query_labels, self.key_labels = [str(x) for x in query_labels], [str(x) for x in key_labels]
-        self.head_names = list(head_names) if head_names is not None else [f"head {i}" for i in range(h)]
-        if len(self.head_names) != h:
-            raise ValueError(f"{len(self.head_names)} head names for {h} heads")
-        self.cache: dict = {}
-        self.render_count = 0
-        self.head = widgets.Dropdown(options=[(name, i) for i, name in enumerate(self.head_names)], value=0,
-                                     description="head")
-        self.query = widgets.Dropdown(options=[(f"{i}: {t}", i) for i, t in enumerate(self.query_labels)],
-                                      value=0, description="query")
-        self.temperature = widgets.SelectionSlider(options=[(f"{t:g}", float(t)) for t in temperatures],
-                                                   value=1.0 if 1.0 in temperatures else float(temperatures[0]),
-                                                   description="tau", continuous_update=True)
-        self.image = widgets.Image(format="png")
-        for control in (self.head, self.query, self.temperature):
-            control.observe(self._on_change, names="value")
-        self.widget = widgets.VBox([widgets.HBox([self.head, self.query, self.temperature]), self.image])
-        self._on_change()
-
-    def weights(self, head: int, temperature: float) -> torch.Tensor:
-        """softmax(logits / tau) of one head, (L, S): tau < 1 sharpens, tau > 1 flattens."""
-        return torch.softmax(self.logits[head] / temperature, dim=-1)
-
-    def _on_change(self, change=None):
-        key = (self.head.value, self.query.value, self.temperature.value)
-        if key not in self.cache:
-            self.cache[key] = self.render(*key)
-        self.image.value = self.cache[key]
-
-    def _build_figure(self):
-        """Draw the static parts (axes, ticks, labels) once; the parts that change are drawn per view."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-        from matplotlib.patches import Rectangle
-
-        L, S = self.logits.shape[1:]
-        fig = Figure(figsize=(9, 3.2), dpi=self.dpi)
-        canvas = FigureCanvasAgg(fig)
-        ax_map, ax_bar = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
-        image = ax_map.imshow(torch.zeros(L, S).numpy(), cmap="viridis", vmin=0, vmax=1)
-        box = ax_map.add_patch(Rectangle((-0.5, -0.5), S, 1, fill=False, ec="red", lw=2))
-        ax_map.set_xticks(range(S), self.key_labels, fontsize=7)
-        ax_map.set_yticks(range(L), self.query_labels, fontsize=7)
-        ax_map.set_xlabel("key")
-        ax_map.set_ylabel("query")
-        bars = ax_bar.bar(range(S), torch.zeros(S).numpy(), color="tab:blue")
-        ax_bar.set_xticks(range(S), self.key_labels, fontsize=7)
-        ax_bar.set_ylim(0, 1)
-        ax_bar.set_ylabel("weight")
-        for ax in (ax_map, ax_bar):
-            ax.set_title(" ", fontsize=9)
-        fig.tight_layout()
-        self._dynamic = [image, box, *bars, ax_map.title, ax_bar.title]
-        for artist in self._dynamic:
-            artist.set_animated(True)  # left out of canvas.draw(), drawn per view over the background
-        canvas.draw()
-        self._background = canvas.copy_from_bbox(fig.bbox)
-        self._figure, self._canvas, self._image, self._box, self._bars = fig, canvas, image, box, bars
-        self._axes = (ax_map, ax_bar)
-
-    def render(self, head: int, query: int, temperature: float) -> bytes:
-        """PNG of head ``head``'s weights at temperature ``temperature``, query ``query`` boxed and in bars."""
-        from PIL import Image
-
-        if not hasattr(self, "_figure"):
-            self._build_figure()
-        weights = self.weights(head, temperature)
-        row = weights[query]
-        self._image.set_data(weights.numpy())
-        self._box.set_y(query - 0.5)
-        for bar, weight in zip(self._bars, row.tolist()):
-            bar.set_height(weight)
-        ax_map, ax_bar = self._axes
-        ax_map.set_title(f"{self.head_names[head]}, tau = {temperature:g}", fontsize=9)
-        ax_bar.set_title(f"query {query} ({self.query_labels[query]}): its weights over the keys, "
-                         f"entropy {softmax_entropy(row).item():.2f} nats", fontsize=9)
-        self._canvas.restore_region(self._background)
-        for artist in self._dynamic:
-            self._figure.draw_artist(artist)
-        buffer = io.BytesIO()
-        Image.fromarray(np.asarray(self._canvas.buffer_rgba())).save(buffer, format="png", compress_level=1)
-        self.render_count += 1
-        return buffer.getvalue()
-
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
+    B, C, H, W = feature_map.shape
+    pixels = feature_map.flatten(2).transpose(1, 2)  # (B, H*W, C): one query per pixel
+    weights = attention_weights(pixels @ W_q, tokens @ W_k)  # (B, H*W, N)
+    if token_weights is not None:
+        weights = weights * token_weights
+    out = weights @ (tokens @ W_v) @ W_o
+    return out.transpose(1, 2).reshape(B, -1, H, W), weights

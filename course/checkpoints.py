@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -58,3 +59,21 @@ def load_state(name: str, directory: Path = CHECKPOINT_DIR) -> tuple[dict, dict]
         raise CheckpointError(f"checkpoint file {path} is corrupt or was changed: its sha256 is {found[:12]}…, "
                               f"the manifest records {entry['sha256'][:12]}…; {rebuild}")
     return load_file(str(path)), entry
+
+
+def load_model(name: str, build: Callable[[dict], torch.nn.Module], directory: Path | None = None,
+               frozen: bool = False) -> torch.nn.Module:
+    """Checkpoint NAME, sha256-verified, into the model ``build(config from its manifest entry)``, in eval mode."""
+    state, entry = load_state(name, directory or CHECKPOINT_DIR)
+    model = build(dict(entry["config"] or {}))
+    model.load_state_dict(state)
+    model.eval()
+    return model.requires_grad_(False) if frozen else model
+
+
+def manifest_entry(name: str, directory: Path | None = None) -> dict:
+    """The manifest entry of checkpoint NAME (recipe, steps, quality figures, sha256), or a CheckpointError."""
+    entry = read_manifest(directory or CHECKPOINT_DIR).get(name)
+    if entry is None:
+        raise CheckpointError(f"no manifest entry for '{name}'; rebuild it with: python -m course.train {name}")
+    return entry

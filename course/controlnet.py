@@ -7,14 +7,15 @@ middle block. At step 0 the sum adds nothing, so the controlled model is exactly
 from __future__ import annotations
 
 import copy
-import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from . import datasets, ddim, models, validate
+from . import checkpoints, datasets, ddim, fitting, models, validate
+from .forward import q_sample
+from .metrics import mask_iou
 from .schedules import get_schedule
 
 
@@ -170,19 +171,10 @@ def digit_masks(images: torch.Tensor) -> torch.Tensor:
     return (images > 0).float()
 
 
-def iou(mask_a: torch.Tensor, mask_b: torch.Tensor) -> torch.Tensor:
-    """Intersection over union of two {0, 1} masks, per image (1 where both are empty)."""
-    a, b = mask_a.flatten(1) > 0.5, mask_b.flatten(1) > 0.5
-    union = (a | b).sum(1)
-    return torch.where(union > 0, (a & b).sum(1) / union.clamp(min=1), torch.ones_like(union, dtype=torch.float))
-
-
 def control_loss(unet, controlnet, x_0, condition, labels, schedule, generator=None) -> torch.Tensor:
     """L_simple through the controlled model; only the ControlNet has trainable parameters."""
     t = torch.randint(0, schedule.T, (len(x_0),), generator=generator)
     eps = torch.randn(x_0.shape, generator=generator)
-    from .forward import q_sample
-
     x_t = q_sample(schedule, x_0, t, eps)
     control = controlnet(x_t, t, condition, labels)
     return F.mse_loss(unet_with_control(unet, x_t, t, labels, control), eps)
@@ -202,10 +194,7 @@ def train_controlnet(unet, steps: int, batch_size: int = 64, lr: float = 1e-3, z
     controlnet = ControlNet(unet, zero_init=zero_init)
     images, labels = datasets.digits("train")
     masks, schedule = digit_masks(images), get_schedule("linear")
-    opt = torch.optim.AdamW(controlnet.parameters(), lr=lr, weight_decay=0.0)
-    losses = []
-    bar = tqdm(range(steps), desc="ControlNet" + ("" if zero_init else " (no zero convs)"), mininterval=2,
-               disable=not progress)
+
     def report(step):
         if callback is not None:
             controlnet.eval()
@@ -213,18 +202,16 @@ def train_controlnet(unet, steps: int, batch_size: int = 64, lr: float = 1e-3, z
                 callback(step, controlnet)
             controlnet.train()
 
-    report(0)
-    for step in bar:
+    def batch_loss(step):
         idx = torch.randint(0, len(images), (batch_size,), generator=gen)
         y = labels[idx].clone()
         y[torch.rand(batch_size, generator=gen) < label_dropout] = models.NULL_LABEL
-        loss = control_loss(unet, controlnet, images[idx], masks[idx], y, schedule, gen)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        report(step + 1)
+        return control_loss(unet, controlnet, images[idx], masks[idx], y, schedule, gen)
+
+    report(0)
+    losses = fitting.fit(controlnet.parameters(), batch_loss, steps, lr,
+                         desc="ControlNet" + ("" if zero_init else " (no zero convs)"), mininterval=2,
+                         progress=progress, to_stdout=False, after_step=lambda step: report(step + 1))
     return controlnet.eval(), losses
 
 
@@ -245,7 +232,7 @@ def sample_with_control(unet, controlnet, condition, labels, scale: float = 1.0,
 def adherence(unet, controlnet, condition, labels, scale: float = 1.0, steps: int = 20, seed: int = 0) -> dict:
     """Mean IoU between each condition mask and the ink of the sample drawn for it, and the samples."""
     samples = sample_with_control(unet, controlnet, condition, labels, scale, steps, seed)
-    scores = iou(digit_masks(samples), condition)
+    scores = mask_iou(digit_masks(samples), condition)
     return {"iou": scores.mean().item(), "iou_per_sample": scores, "samples": samples}
 
 
@@ -253,8 +240,6 @@ def adherence(unet, controlnet, condition, labels, scale: float = 1.0, steps: in
 def distance_from_base(unet, controlnet, n: int = 64, seed: int = 0) -> float:
     """Relative change of the predicted noise, |eps_control - eps_base| / |eps_base|, over held-out digits
     noised to random t: 0 means the ControlNet leaves the base model untouched."""
-    from .forward import q_sample
-
     gen = torch.Generator().manual_seed(seed)
     images, labels = datasets.digits("test")
     images, labels = images[:n], labels[:n]
@@ -264,33 +249,6 @@ def distance_from_base(unet, controlnet, n: int = 64, seed: int = 0) -> float:
     base = unet_with_control(unet, x_t, t, labels)
     steered = unet_with_control(unet, x_t, t, labels, controlnet(x_t, t, digit_masks(images), labels))
     return ((steered - base).norm() / base.norm()).item()
-
-
-def rows_figure(rows: dict, title: str | None = None, size: float = 0.75):
-    """A grid with one named row per entry of ``rows`` (name -> (N, 1, H, W) images in [-1, 1]), the names on
-    the left: conditions above the samples drawn for them."""
-    from matplotlib.figure import Figure
-
-    from .plotting import to_display
-
-    ncols = max(len(images) for images in rows.values())
-    height = len(rows) * size + (0.35 if title else 0.05)
-    fig = Figure(figsize=(1.6 + ncols * size, height))
-    axes = fig.subplots(len(rows), ncols, squeeze=False)
-    for r, (name, images) in enumerate(rows.items()):
-        pixels = to_display(images)
-        for c, ax in enumerate(axes[r]):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
-            if c < len(pixels):
-                ax.imshow(pixels[c, ..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout(pad=0.2, h_pad=0.1, w_pad=0.1, rect=(0, 0, 1, 1 - 0.35 / height if title else 1))
-    return fig
 
 
 # --------------------------------------------------------------------------- conditions for the widget
@@ -318,52 +276,11 @@ def parametric_mask(kind: str, size: int = 16, thickness: float = 2.0, tilt: flo
     return mask.float()[None, None]
 
 
-class ControlNetExplorer:
-    """Pick a condition (a held-out digit's mask or a drawn shape) and a conditioning scale; see the samples.
+def load_digits_controlnet(name: str = "digits_controlnet", directory: Path | None = None) -> ControlNet:
+    """The shipped ControlNet of notebook 09 (or, by name, its ablation without zero convolutions)."""
 
-    Each (condition, scale) is sampled once, from the same noise, then kept, so moving back is instant;
-    ``latencies`` records the seconds of each new setting.
-    """
+    def build(config):
+        config["embedding_channels"] = tuple(config["embedding_channels"])
+        return ControlNet(models.load_digits_unet(), **config)  # the base always comes from the shipped checkpoints
 
-    def __init__(self, unet, controlnet, conditions: dict, n: int = 8, steps: int = 10, seed: int = 0,
-                 scales=(0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)):
-        import ipywidgets as widgets
-
-        if not conditions:
-            raise ValueError("conditions must name at least one mask")
-        self.unet, self.controlnet, self.conditions, self.steps = unet, controlnet, conditions, steps
-        self.x_T = torch.randn((n, 1, 16, 16), generator=torch.Generator().manual_seed(seed))
-        self.labels = torch.full((n,), models.NULL_LABEL)
-        self.cache, self.latencies = {}, []
-        self.picker = widgets.Dropdown(options=list(conditions), description="condition")
-        self.slider = widgets.SelectionSlider(options=list(scales), value=1.0, description="scale",
-                                              continuous_update=False)
-        self.condition_image, self.samples_image = widgets.Image(format="png"), widgets.Image(format="png")
-        self.readout = widgets.Label()
-        for control in (self.picker, self.slider):
-            control.observe(lambda change: self.show(), names="value")
-        self.show()
-        self.widget = widgets.VBox([widgets.HBox([self.picker, self.slider]), self.readout,
-                                    widgets.HBox([self.condition_image, self.samples_image])])
-
-    def show(self):
-        from .plotting import grid_png
-
-        key = (self.picker.value, float(self.slider.value))
-        mask = self.conditions[self.picker.value]
-        if key not in self.cache:
-            start = time.perf_counter()
-            samples = sample_with_control(self.unet, self.controlnet, mask.expand(len(self.x_T), -1, -1, -1),
-                                          self.labels, key[1], self.steps, x_T=self.x_T)
-            score = iou(digit_masks(samples), mask.expand_as(samples)).mean().item()
-            self.cache[key] = (grid_png(samples, ncols=len(samples)), score)
-            self.latencies.append(time.perf_counter() - start)
-        png, score = self.cache[key]
-        self.condition_image.value = grid_png(mask * 2 - 1, ncols=1)
-        self.samples_image.value = png
-        self.readout.value = f"scale {key[1]:g}: mean IoU of the samples' ink with the mask = {score:.2f}"
-
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
+    return checkpoints.load_model(name, build, directory, frozen=True)

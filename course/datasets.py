@@ -69,7 +69,7 @@ class GaussianMixture2D:
         x = torch.tensor(self.means, dtype=torch.float32)[labels]
         return x + self.std * torch.randn(n, 2, generator=gen), labels
 
-    def _responsibilities(self, x, alpha_bar):
+    def responsibilities(self, x, alpha_bar):
         means, var = self._params(alpha_bar)
         diff = x.double()[:, None, :] - means[None]
         log_w = torch.log(torch.tensor(self.weights, dtype=torch.float64))
@@ -79,13 +79,13 @@ class GaussianMixture2D:
     def log_prob(self, x, alpha_bar: float = 1.0) -> torch.Tensor:
         """log p_t(x) of the mixture noised to level alpha_bar (1.0 is the data itself)."""
         x = self._check_points(x)
-        log_comp, _, _ = self._responsibilities(x, alpha_bar)
+        log_comp, _, _ = self.responsibilities(x, alpha_bar)
         return torch.logsumexp(log_comp, dim=1).to(x.dtype)
 
     def score(self, x, alpha_bar: float = 1.0) -> torch.Tensor:
         """The exact score grad_x log p_t(x) at noise level alpha_bar."""
         x = self._check_points(x)
-        log_comp, diff, var = self._responsibilities(x, alpha_bar)
+        log_comp, diff, var = self.responsibilities(x, alpha_bar)
         resp = torch.softmax(log_comp, dim=1)
         return (-(resp[..., None] * diff).sum(1) / var).to(x.dtype)
 

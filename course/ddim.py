@@ -137,3 +137,40 @@ def slerp(z_0: torch.Tensor, z_1: torch.Tensor, weight: float) -> torch.Tensor:
     if omega.abs() < 1e-6:
         return (1 - weight) * z_0 + weight * z_1
     return (torch.sin((1 - weight) * omega) * z_0 + torch.sin(weight * omega) * z_1) / torch.sin(omega)
+
+
+@torch.no_grad()
+def sample_in_batches(eps_model_for: Callable, labels: torch.Tensor, schedule: NoiseSchedule, steps: int,
+                      eta: float = 0.0, seed: int = 0, x_T: torch.Tensor | None = None,
+                      image_shape: tuple = (1, 16, 16), batch_size: int = 250, progress: bool = False) -> torch.Tensor:
+    """DDIM samples for ``labels`` from one fixed x_T, in batches, clamped to [-1, 1].
+
+    ``eps_model_for(batch_labels)`` returns the eps-model of one batch (CFG, PAG, an adapted UNet, ...).
+    x_T is drawn from ``seed`` for all labels at once, so a sample does not depend on ``batch_size``; batch i
+    uses seed + its first index for eta > 0.
+    """
+    labels = validate.as_tensor("labels", labels).long()
+    if x_T is None:
+        x_T = torch.randn((len(labels), *image_shape), generator=torch.Generator().manual_seed(seed))
+    out = []
+    starts = range(0, len(labels), batch_size)
+    for start in tqdm(starts, desc=f"sampling {len(labels)}", disable=not progress or len(starts) < 2, leave=False):
+        part = slice(start, start + batch_size)
+        x, _ = ddim_sample(eps_model_for(labels[part]), schedule, tuple(x_T[part].shape), steps=steps, eta=eta,
+                           seed=seed + start, x_T=x_T[part], progress=False)
+        out.append(x.clamp(-1, 1))
+    return torch.cat(out)
+
+
+def diffusers_scheduler(steps: int, spacing: str = "trailing", alpha_bar: torch.Tensor | None = None):
+    """diffusers' DDIMScheduler with the textbook's choices (no clipping, alpha_bar_prev = 1 at the end, the given
+    spacing), its alpha_bar in float64 (its own betas' cumulative product, or ``alpha_bar``), so that it can be
+    compared with ``ddim_step``."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False,
+                              timestep_spacing=spacing, set_alpha_to_one=True)
+    scheduler.alphas_cumprod = torch.cumprod(1 - scheduler.betas.double(), 0) if alpha_bar is None else alpha_bar.clone()
+    scheduler.final_alpha_cumprod = torch.tensor(1.0, dtype=torch.float64)
+    scheduler.set_timesteps(steps)
+    return scheduler

@@ -11,12 +11,13 @@ which cannot be downloaded offline; notebook 11 says what that changes.
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import validate
+from .datasets import digits
+from .models import load_classifier
 
 
 class FIDWarning(UserWarning):
@@ -94,8 +95,6 @@ def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
 
 def feature_network():
     """The shipped digit classifier (sha256-verified), whose 64-d penultimate layer is the FID feature space."""
-    from .train import load_classifier
-
     return load_classifier()
 
 
@@ -128,28 +127,36 @@ def diversity(features: torch.Tensor) -> float:
 SAMPLE_COUNTS = {"fast": 200, "full": 1000}  # fast: CI and notebooks; full: benchmarks. Both above D = 64.
 
 
+def floor_batch(real_train: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """n real training images drawn without replacement (seeded): FID's floor is theirs against the held-out set."""
+    gen = torch.Generator().manual_seed(seed)
+    return real_train[torch.randperm(len(real_train), generator=gen)[:n]]
+
+
+def fid_to_statistics(images: torch.Tensor, statistics: tuple, network=None) -> float:
+    """FID of a batch of images against precomputed reference statistics (mu, sigma)."""
+    return frechet_distance(*feature_statistics(image_features(images, network)), *statistics)
+
+
 def evaluate(samples: torch.Tensor, labels: torch.Tensor | None = None, seed: int = 0, network=None) -> dict:
     """Score generated digits against the held-out real digits, each figure beside its real-data baseline.
 
     Returns n, fid, fid_floor (real training digits vs the held-out ones, at the same n), class_accuracy and
     real_accuracy (when labels are given), and diversity beside real_diversity.
     """
-    from .datasets import digits
-
     network = network or feature_network()
     samples = validate.floating("samples", samples)
     real_test, test_labels = digits("test")
     real_train, _ = digits("train")
     n = len(samples)
-    gen = torch.Generator().manual_seed(seed)
-    floor_batch = real_train[torch.randperm(len(real_train), generator=gen)[:n]]
+    real = floor_batch(real_train, n, seed)
     sample_feats = image_features(samples, network)
     test_stats = feature_statistics(image_features(real_test, network))
     report = {"n": n,
               "fid": frechet_distance(*feature_statistics(sample_feats), *test_stats),
-              "fid_floor": frechet_distance(*feature_statistics(image_features(floor_batch, network)), *test_stats),
+              "fid_floor": fid_to_statistics(real, test_stats, network),
               "diversity": diversity(sample_feats),
-              "real_diversity": diversity(image_features(floor_batch, network))}
+              "real_diversity": diversity(image_features(real, network))}
     if labels is not None:
         labels = validate.as_tensor("labels", labels).long()
         if labels.shape != (n,):
@@ -162,8 +169,6 @@ def evaluate(samples: torch.Tensor, labels: torch.Tensor | None = None, seed: in
 
 def real_digit_sampler(labels: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """Not a model: real training digits of the asked-for classes, the best any sampler could do."""
-    from .datasets import digits
-
     images, digit_labels = digits("train")
     gen = torch.Generator().manual_seed(seed)
     by_class = [torch.nonzero(digit_labels == y).flatten() for y in range(10)]
@@ -191,27 +196,3 @@ def wasserstein_1d(u_values, v_values) -> float:
     cdf_u = np.searchsorted(u, grid[:-1], side="right") / len(u)
     cdf_v = np.searchsorted(v, grid[:-1], side="right") / len(v)
     return float(np.sum(np.abs(cdf_u - cdf_v) * widths))
-
-
-# --------------------------------------------------------------------------- the league table
-
-LEAGUE_TABLE = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "league_table.json"
-
-
-def read_league_table(path: Path = LEAGUE_TABLE) -> list[dict]:
-    """The rows written by benchmarks/league_table.py: one per sampler or setting, each with its floor."""
-    import json
-
-    if not Path(path).exists():
-        raise FileNotFoundError(f"no league table at {path}; compute it with: python benchmarks/league_table.py "
-                                f"(or make bench)")
-    return json.loads(Path(path).read_text())["rows"]
-
-
-def format_league_table(rows: list[dict]) -> str:
-    lines = [f"{'sampler':<44} {'n':>4} {'FID':>8} {'floor':>7} {'class acc.':>10} {'diversity':>9}"]
-    for row in sorted(rows, key=lambda r: r["fid"]):
-        accuracy = f"{row['class_accuracy']:.1%}" if row.get("class_accuracy") is not None else "-"
-        lines.append(f"{row['sampler']:<44} {row['n']:>4} {row['fid']:>8.2f} {row['fid_floor']:>7.2f} "
-                     f"{accuracy:>10} {row['diversity']:>9.2f}")
-    return "\n".join(lines)

@@ -19,15 +19,14 @@ twice the size, as diffusers' pipelines do.
 """
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 import torch
 
-from . import ddim, validate
-from .plotting import grid_png
-from .models import NULL_LABEL, NUM_DIGIT_CLASSES
+from . import ddim, fid, validate
+from .models import NULL_LABEL, load_digits_unet, load_noisy_classifier
 from .schedules import NoiseSchedule, linear_schedule
+from .sde import log_prob_grad
 
 
 # --------------------------------------------------------------------------- the CFG combination
@@ -140,11 +139,7 @@ def classifier_log_prob_grad(classifier, x_t: torch.Tensor, t: torch.Tensor, lab
     y = as_labels(labels, len(x_t))
     if int(y.max()) >= NULL_LABEL:
         raise ValueError("classifier guidance needs a real class 0-9 for every sample, not the null label")
-    with torch.enable_grad():
-        x = x_t.detach().requires_grad_(True)
-        log_probs = torch.log_softmax(classifier(x, t), dim=1)
-        selected = log_probs[torch.arange(len(x)), y].sum()  # samples are independent: the sum's grad is per-sample
-        return torch.autograd.grad(selected, x)[0]
+    return log_prob_grad(lambda x: torch.log_softmax(classifier(x, t), dim=1), x_t, y)
 
 
 def classifier_guided_eps(schedule: NoiseSchedule, eps: torch.Tensor, x_t: torch.Tensor, t, grad_log_prob,
@@ -180,24 +175,21 @@ def cfg_sampler(w: float, steps: int = 20, negative_labels=None, unet=None, eta:
     For ``course.fid.score_sampler`` and the league table. The noise x_T is drawn from ``seed`` for the whole
     batch at once, so a sample does not depend on ``batch_size``.
     """
-    from .train import load_digits_unet
-
     unet = unet if unet is not None else load_digits_unet()
     validate.positive_int("steps", steps)
     schedule = linear_schedule()
 
     def sample(labels, seed: int = 0):
         labels = as_labels(labels)
-        x_T = torch.randn((len(labels), 1, 16, 16), generator=torch.Generator().manual_seed(seed))
         negative = None if negative_labels is None else as_labels(negative_labels, len(labels), "negative_labels")
-        out = []
-        for start in range(0, len(labels), batch_size):
-            part = slice(start, start + batch_size)
-            x, _ = ddim.ddim_sample(
-                cfg_eps_model(unet, labels[part], w, None if negative is None else negative[part]), schedule,
-                tuple(x_T[part].shape), steps=steps, eta=eta, seed=seed + start, x_T=x_T[part], progress=progress)
-            out.append(x)
-        return torch.cat(out).clamp(-1, 1)
+        parts = iter(range(0, len(labels), batch_size))
+
+        def eps_model_for(batch_labels):
+            start = next(parts)
+            batch_negative = None if negative is None else negative[start:start + len(batch_labels)]
+            return cfg_eps_model(unet, batch_labels, w, batch_negative)
+        return ddim.sample_in_batches(eps_model_for, labels, schedule, steps, eta=eta, seed=seed,
+                                      batch_size=batch_size, progress=progress)
     return sample
 
 
@@ -207,8 +199,6 @@ def classifier_guided_sampler(w: float, steps: int = 20, classifier=None, unet=N
 
     The UNet runs with the null label (the unconditional model), or with the labels when ``base_labels="class"``.
     """
-    from .train import load_digits_unet, load_noisy_classifier
-
     unet = unet if unet is not None else load_digits_unet()
     classifier = classifier if classifier is not None else load_noisy_classifier()
     schedule = linear_schedule()
@@ -224,81 +214,6 @@ def classifier_guided_sampler(w: float, steps: int = 20, classifier=None, unet=N
     return sample
 
 
-# --------------------------------------------------------------------------- the widget
-
-ANY = "any digit"
-NONE = "none"
-
-
-class GuidanceExplorer:
-    """A guidance-scale slider with a class picker and a negative-class picker, for a live demo.
-
-    The noise x_T is drawn once; each (w, class, negative class) is sampled the first time it is chosen (DDIM, eta = 0,
-    ``steps`` steps, the conditional and negative passes batched) and kept, so going back is instant.
-    ``latencies`` records the seconds each new setting took, sampling and drawing included. The readout gives the
-    digit classifier's verdict on the samples.
-    """
-
-    def __init__(self, unet, n: int = 8, steps: int = 10, seed: int = 0, w_max: float = 8.0, w_step: float = 0.5,
-                 classifier=None, ncols: int = 8):
-        import ipywidgets as widgets
-
-        if n < 1:
-            raise ValueError(f"n must be at least 1, got {n}")
-        self.unet, self.steps, self.ncols = unet, validate.positive_int("steps", steps), ncols
-        self.schedule, self.classifier = linear_schedule(), classifier
-        self.x_T = torch.randn((n, 1, 16, 16), generator=torch.Generator().manual_seed(seed))
-        self.samples, self.pngs, self.latencies = {}, {}, []
-        digits = [str(d) for d in range(NUM_DIGIT_CLASSES)]
-        self.w = widgets.FloatSlider(value=0.0, min=0.0, max=w_max, step=w_step, description="w",
-                                     continuous_update=False, readout_format=".1f")
-        self.label = widgets.Dropdown(options=[ANY] + digits, value="3", description="class")
-        self.negative = widgets.Dropdown(options=[NONE] + digits, value=NONE, description="avoid")
-        self.readout = widgets.Label()
-        self.image = widgets.Image(format="png")
-        for control in (self.w, self.label, self.negative):
-            control.observe(lambda change: self.show(), names="value")
-        self.show()
-        self.widget = widgets.VBox([widgets.HBox([self.w, self.label, self.negative]), self.readout, self.image])
-
-    @staticmethod
-    def _label(choice: str) -> int:
-        return NULL_LABEL if choice in (ANY, NONE) else int(choice)
-
-    def key(self) -> tuple:
-        return round(float(self.w.value), 6), self._label(self.label.value), self._label(self.negative.value)
-
-    def sample(self, w: float, label: int, negative: int) -> torch.Tensor:
-        key = (round(float(w), 6), label, negative)
-        if key not in self.samples:
-            n = len(self.x_T)
-            eps_model = cfg_eps_model(self.unet, torch.full((n,), label), key[0],
-                                      None if negative == NULL_LABEL else torch.full((n,), negative))
-            x, _ = ddim.ddim_sample(eps_model, self.schedule, tuple(self.x_T.shape), steps=self.steps,
-                                        x_T=self.x_T, progress=False)
-            self.samples[key] = x.clamp(-1, 1)
-        return self.samples[key]
-
-    def show(self):
-        start = time.perf_counter()
-        key = self.key()
-        if key not in self.pngs:
-            self.pngs[key] = grid_png(self.sample(*key), self.ncols)
-            self.latencies.append(time.perf_counter() - start)
-        self.image.value = self.pngs[key]
-        text = f"w = {key[0]:g} (lambda = {1 + key[0]:g}), class {self.label.value}, avoid {self.negative.value}"
-        if self.classifier is not None:
-            with torch.no_grad():
-                predicted = self.classifier(self.samples[key]).argmax(1).tolist()
-            text += f"; the classifier reads: {' '.join(map(str, predicted))}"
-        self.readout.value = text + f"  ({len(self.pngs)} settings cached)"
-
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
-
-
 # --------------------------------------------------------------------------- scoring the trade-off
 
 def within_class_diversity(samples: torch.Tensor, labels: torch.Tensor, network=None) -> float:
@@ -307,8 +222,6 @@ def within_class_diversity(samples: torch.Tensor, labels: torch.Tensor, network=
     ``fid.evaluate``'s diversity pools all classes, so it also grows when guidance pushes the classes apart;
     this one only sees how different the samples of one class are from each other.
     """
-    from . import fid
-
     network = network or fid.feature_network()
     labels = as_labels(labels, len(samples))
     feats = fid.image_features(samples, network)
@@ -320,15 +233,11 @@ def within_class_diversity(samples: torch.Tensor, labels: torch.Tensor, network=
 
 def real_within_class_diversity(labels: torch.Tensor, seed: int = 0, network=None) -> float:
     """The same figure for real training digits of the same classes (``fid.real_digit_sampler``): the baseline."""
-    from . import fid
-
     return within_class_diversity(fid.real_digit_sampler(as_labels(labels), seed), labels, network)
 
 
 def score_guidance(sample_fn: Callable, mode: str = "fast", seed: int = 0, network=None) -> dict:
     """``fid.score_sampler`` plus the within-class diversity of the same samples, and its real-data baseline."""
-    from . import fid
-
     network = network or fid.feature_network()
     kept = {}
 

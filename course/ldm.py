@@ -6,14 +6,18 @@ Training order, as in Stable Diffusion: autoencoder -> text encoder (contrastive
 from __future__ import annotations
 
 import math
-import time
 import warnings
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import datasets, validate
+from . import checkpoints, datasets, ddim, models
+from .attention import cross_attention
+from .guidance import cfg_combine
+from .schedules import get_schedule
+
 
 # --------------------------------------------------------------------------- autoencoder
 
@@ -81,12 +85,7 @@ def cross_attention_layer(feature_map: torch.Tensor, tokens: torch.Tensor, W_q: 
     Q = phi(z) W_q from the H*W pixel features phi(z) of (B, C, H, W); K = tau W_k, V = tau W_v from the text's
     token states tau (B, N, D). out = z + softmax(Q K^T / sqrt(d)) V W_o, reshaped back to (B, C, H, W).
     """
-    B, C, H, W = feature_map.shape
-    pixels = feature_map.flatten(2).transpose(1, 2)  # (B, H*W, C): one query per pixel
-    q, k, v = pixels @ W_q, tokens @ W_k, tokens @ W_v
-    weights = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(q.shape[-1]), dim=-1)  # (B, H*W, N)
-    out = (weights @ v @ W_o).transpose(1, 2).reshape(B, C, H, W)
-    return feature_map + out
+    return feature_map + cross_attention(feature_map, tokens, W_q, W_k, W_v, W_o)[0]
 
 
 # --------------------------------------------------------------------------- tokenizer and tiny CLIP
@@ -207,27 +206,6 @@ def clip_loss(similarity: torch.Tensor, logit_scale: torch.Tensor, same_caption:
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target.T))
 
 
-# --------------------------------------------------------------------------- classifier for the samples
-
-
-class ShapesClassifier(nn.Module):
-    """Shape class and colour of a 32x32 image, two heads on one small CNN: scores text-to-image samples."""
-
-    def __init__(self, width: int = 16):
-        super().__init__()
-        self.config = {"width": width}
-        self.features = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2),
-            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.SiLU(), nn.AdaptiveMaxPool2d(1), nn.Flatten())
-        self.shape_head = nn.Linear(2 * width, len(datasets.SHAPE_NAMES))
-        self.colour_head = nn.Linear(2 * width, len(datasets.COLOUR_NAMES))
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.features(images)
-        return self.shape_head(h), self.colour_head(h)
-
-
 # --------------------------------------------------------------------------- latent UNet
 
 
@@ -254,10 +232,6 @@ def build_latent_unet(config: dict | None = None):
     return UNet2DConditionModel(**(config or latent_unet_config()))
 
 
-def check_images(images: torch.Tensor, name: str = "images") -> None:
-    validate.check_shape(name, images, (None, 3, None, None))
-
-
 # --------------------------------------------------------------------------- text-to-image
 
 
@@ -274,8 +248,6 @@ def encode_prompts(text_encoder: TextEncoder, prompts, warn: bool = True) -> tor
 
 def latent_eps_model(unet, context: torch.Tensor, null_context: torch.Tensor, w: float = 0.0):
     """eps_model(z_t, t) with classifier-free guidance at scale w: (1 + w) eps(z_t, c) - w eps(z_t, "")."""
-    from .guidance import cfg_combine
-
     def eps_model(z_t, t):
         if w == 0:
             return unet(z_t, t, encoder_hidden_states=context).sample
@@ -291,9 +263,6 @@ def latent_eps_model(unet, context: torch.Tensor, null_context: torch.Tensor, w:
 def text_to_latents(unet, text_encoder, prompts, w: float = 2.0, steps: int = 20, seed: int = 0, z_T=None,
                     keep=()):
     """DDIM (eta = 0) in latent space, one sample per prompt; returns (z_0, frames) in scaled latent units."""
-    from . import ddim
-    from .schedules import get_schedule
-
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise ValueError("give at least one prompt (an empty string is allowed: it means 'any shape')")
@@ -399,9 +368,6 @@ def sample_with_attention(unet, vae, text_encoder, prompts, scaling_factor: floa
 
     With several prompts and ``z_T=None`` every prompt starts from the same noise (seeded), as prompt-to-prompt needs.
     """
-    from . import ddim
-    from .schedules import get_schedule
-
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     n = len(prompts)
     if z_T is None:
@@ -434,99 +400,40 @@ def token_maps(control: CrossAttentionControl, size: int = 32) -> torch.Tensor:
     return torch.stack(per_layer).mean(0)
 
 
-class TextToImageExplorer:
-    """Type a prompt, pick a guidance scale and a token: samples, and where that token's cross-attention falls.
-
-    Each (prompt, w) is sampled once (``n`` samples from fixed noise, DDIM ``steps``) and kept, so going back
-    is instant; ``latencies`` records each new setting's seconds. Unknown words become <unk> (the readout says so),
-    an empty prompt means "any shape".
-    """
-
-    def __init__(self, unet, vae, text_encoder, scaling_factor: float, prompt: str = "a red circle", n: int = 4,
-                 steps: int = 20, seed: int = 0, guidance=(0.0, 1.0, 2.0, 4.0)):
-        import ipywidgets as widgets
-
-        self.unet, self.vae, self.text_encoder, self.scaling_factor = unet, vae, text_encoder, scaling_factor
-        self.n, self.steps = n, steps
-        shape = (n, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-        self.z_T = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-        self.cache, self.latencies = {}, []
-        self.prompt = widgets.Text(value=prompt, description="prompt", continuous_update=False)
-        self.guidance = widgets.SelectionSlider(options=list(guidance), value=2.0 if 2.0 in guidance else guidance[0],
-                                                description="CFG w", continuous_update=False)
-        self.token = widgets.Dropdown(description="token")
-        self.samples_image, self.map_image = widgets.Image(format="png"), widgets.Image(format="png")
-        self.readout = widgets.Label()
-        self.prompt.observe(lambda change: self.show(), names="value")
-        self.guidance.observe(lambda change: self.show(), names="value")
-        self.token.observe(lambda change: self.show_map(), names="value")
-        self.show()
-        self.widget = widgets.VBox([widgets.HBox([self.prompt, self.guidance, self.token]), self.readout,
-                                    widgets.HBox([self.samples_image, self.map_image])])
-
-    def run(self, prompt: str, w: float):
-        key = (prompt, float(w))
-        if key not in self.cache:
-            start = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                images, control = sample_with_attention(self.unet, self.vae, self.text_encoder, [prompt] * self.n,
-                                                        self.scaling_factor, w, self.steps, z_T=self.z_T)
-            self.cache[key] = (images, token_maps(control))
-            self.latencies.append(time.perf_counter() - start)
-        return self.cache[key]
-
-    def show(self):
-        from .plotting import grid_png
-
-        prompt = self.prompt.value
-        images, _ = self.run(prompt, self.guidance.value)
-        self.samples_image.value = grid_png(images, ncols=self.n)
-        tokens = tokens_of(prompt)
-        unknown = [w for w in prompt.lower().split() if w not in CAPTION_WORDS]
-        note = f"unknown words {unknown} -> <unk>; " if unknown else ""
-        note += "empty prompt: any shape, any colour; " if not prompt.strip() else ""
-        self.readout.value = note + "tokens: " + " ".join(tokens)
-        options = [(f"{i}: {t}", i) for i, t in enumerate(tokens)]
-        if [o[1] for o in self.token.options] != [o[1] for o in options] or \
-                [o[0] for o in self.token.options] != [o[0] for o in options]:
-            self.token.options = options
-            self.token.value = len(tokens) - 2 if len(tokens) > 2 else 0
-        self.show_map()
-
-    def show_map(self):
-        from .plotting import grid_png
-
-        if self.token.value is None:
-            return
-        _, maps = self.run(self.prompt.value, self.guidance.value)
-        token_map = maps[:, self.token.value:self.token.value + 1]
-        scaled = token_map / token_map.amax(dim=(2, 3), keepdim=True).clamp(min=1e-8)
-        self.map_image.value = grid_png(scaled * 2 - 1, ncols=self.n)
-
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
+@torch.no_grad()
+def text_to_image_accuracy(unet, vae, text_encoder, scaling_factor: float, w: float, per_caption: int,
+                           seed: int = 0, steps: int = 20) -> dict:
+    """Samples for each of the twelve captions, read back by the shipped shapes classifier."""
+    classifier = models.load_shapes_classifier()
+    captions = [c for c in all_captions() for _ in range(per_caption)]
+    images = text_to_image(unet, vae, text_encoder, captions, scaling_factor, w, steps, seed)
+    shape_logits, colour_logits = classifier(images)
+    want_shape = torch.tensor([datasets.SHAPE_NAMES.index(c.split()[2]) for c in captions])
+    want_colour = torch.tensor([datasets.COLOUR_NAMES.index(c.split()[1]) for c in captions])
+    shape_ok, colour_ok = shape_logits.argmax(1) == want_shape, colour_logits.argmax(1) == want_colour
+    return {"shape_accuracy": round(shape_ok.float().mean().item(), 4),
+            "colour_accuracy": round(colour_ok.float().mean().item(), 4),
+            "both_accuracy": round((shape_ok & colour_ok).float().mean().item(), 4),
+            "samples_scored": len(captions), "ddim_steps": steps}
 
 
-def shape_masks(images: torch.Tensor, threshold: float = 0.3) -> torch.Tensor:
-    """(B, 1, H, W) {0, 1}: where an image differs from the shapes' background colour (the generated shape)."""
-    background = torch.tensor(datasets.BACKGROUND_RGB, dtype=images.dtype)[None, :, None, None] * 2 - 1
-    return ((images - background).abs().amax(1, keepdim=True) > threshold).float()
+# --------------------------------------------------------------------------- loaders of the shipped checkpoints
+
+def load_shapes_vae(name: str = "shapes_vae", directory: Path | None = None):
+    """The shipped autoencoder ("shapes_vae", weak KL) or its KL = 0 twin ("shapes_vae_kl0")."""
+    return checkpoints.load_model(name, lambda config: build_vae(), directory, frozen=True)
 
 
-def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image intersection over union of two {0, 1} masks (1 where both are empty)."""
-    a, b = a.flatten(1) > 0.5, b.flatten(1) > 0.5
-    union = (a | b).sum(1)
-    return torch.where(union > 0, (a & b).sum(1) / union.clamp(min=1), torch.ones(len(a)))
+def load_latent_scaling_factor(name: str = "shapes_vae", directory: Path | None = None) -> float:
+    """The scaling factor computed when the autoencoder was trained: 1 / std of its training latents."""
+    return checkpoints.manifest_entry(name, directory)["quality"]["latent_scaling_factor"]
 
 
-def flops_per_call(fn) -> int:
-    """Floating-point operations of one call of fn() (torch's FLOP counter: matmuls and convolutions)."""
-    from torch.utils.flop_counter import FlopCounterMode
+def load_shapes_clip(directory: Path | None = None):
+    """The shipped tiny CLIP; its ``.text`` is the text encoder the latent UNet cross-attends to."""
+    return checkpoints.load_model("shapes_clip", lambda config: TinyCLIP(**config), directory, frozen=True)
 
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
+
+def load_shapes_ldm(name: str = "shapes_ldm", directory: Path | None = None):
+    """The text-conditioned latent UNet of notebook 08, or by name a pixel-space twin (shapes_pixel, _long)."""
+    return checkpoints.load_model(name, build_latent_unet, directory, frozen=True)

@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from . import ddim, ddpm, validate
-from .plotting import grid_png
+from . import ddim, ddpm, fid, fitting, validate
+from .datasets import digits
 from .models import NULL_LABEL, NUM_DIGIT_CLASSES
 from .schedules import get_schedule
 
@@ -166,7 +164,8 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
-def _layers_or_fail(model: nn.Module) -> dict[str, LoRALinear]:
+def lora_layers_or_fail(model: nn.Module) -> dict[str, LoRALinear]:
+    """``lora_layers``, or a ValueError that says to inject LoRA first."""
     layers = lora_layers(model)
     if not layers:
         raise ValueError("the model has no LoRA layers: call inject_lora(model, r) first")
@@ -175,17 +174,17 @@ def _layers_or_fail(model: nn.Module) -> dict[str, LoRALinear]:
 
 def set_lora_scale(model: nn.Module, scale: float) -> None:
     """0 = the base model, 1 = the adapted one, in between a blend (and beyond 1, an exaggeration)."""
-    for layer in _layers_or_fail(model).values():
+    for layer in lora_layers_or_fail(model).values():
         layer.scale = scale
 
 
 def merge_lora(model: nn.Module) -> None:
-    for layer in _layers_or_fail(model).values():
+    for layer in lora_layers_or_fail(model).values():
         layer.merge()
 
 
 def unmerge_lora(model: nn.Module) -> None:
-    for layer in _layers_or_fail(model).values():
+    for layer in lora_layers_or_fail(model).values():
         layer.unmerge()
 
 
@@ -226,8 +225,6 @@ def bold_digits(split: str = "train", per_class: int | None = None, seed: int = 
     ``per_class`` keeps a small, class-balanced, seeded subset (a few images per class, like a personalisation
     set); None keeps all of them. The test split is never trained on.
     """
-    from .datasets import digits
-
     images, labels = digits(split)
     if per_class is not None:
         validate.positive_int("per_class", per_class)
@@ -264,21 +261,16 @@ def fine_tune(unet: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps
     schedule = get_schedule("linear")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     unet.train()
-    history = []
     start = time.perf_counter()
-    bar = tqdm(range(steps), desc=desc, mininterval=1, file=sys.stdout, disable=not progress)
-    for _ in bar:
+
+    def batch_loss(step):
         idx = torch.randint(0, len(images), (batch_size,), generator=gen)
         y = labels[idx].clone()
         y[torch.rand(batch_size, generator=gen) < label_dropout] = NULL_LABEL
-        loss = ddpm.random_l_simple(lambda x, t: unet(x, t, class_labels=y).sample, schedule, images[idx], gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        history.append(loss.item())
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        return ddpm.random_l_simple(lambda x, t: unet(x, t, class_labels=y).sample, schedule, images[idx], gen)
+
+    history = fitting.fit(params, batch_loss, steps, lr, desc=desc, progress=progress)
     seconds = time.perf_counter() - start
     unet.eval()
     return {"losses": history, "seconds": seconds, **count_parameters(unet)}
@@ -303,19 +295,10 @@ def full_copy(base: nn.Module) -> nn.Module:
 def sample_digits(unet: nn.Module, labels: torch.Tensor, seed: int = 0, steps: int = 10,
                   x_T: torch.Tensor | None = None, batch_size: int = 250, progress: bool = False) -> torch.Tensor:
     """Class-conditional DDIM samples (eta = 0, ``steps`` trailing steps), clamped to [-1, 1]."""
-    labels = validate.as_tensor("labels", labels).long()
-    if x_T is None:
-        x_T = torch.randn((len(labels), 1, 16, 16), generator=torch.Generator().manual_seed(seed))
-    schedule = get_schedule("linear")
     unet.eval()
-    out = []
-    chunks = list(zip(x_T.split(batch_size), labels.split(batch_size)))
-    for x_chunk, y_chunk in tqdm(chunks, desc=f"sampling {len(labels)}", disable=not progress or len(chunks) < 2,
-                                 leave=False):
-        x, _ = ddim.ddim_sample(lambda x, t: unet(x, t, class_labels=y_chunk).sample, schedule,
-                                    tuple(x_chunk.shape), steps=steps, x_T=x_chunk, progress=False)
-        out.append(x.clamp(-1, 1))
-    return torch.cat(out)
+    return ddim.sample_in_batches(lambda y: (lambda x, t: unet(x, t, class_labels=y).sample), labels,
+                                  get_schedule("linear"), steps, seed=seed, x_T=x_T, batch_size=batch_size,
+                                  progress=progress)
 
 
 def score_adaptation(unet: nn.Module, n: int = 200, seed: int = 0, steps: int = 10, network=None,
@@ -326,101 +309,14 @@ def score_adaptation(unet: nn.Module, n: int = 200, seed: int = 0, steps: int = 
     digits against the same held-out ones, at the same n. old_fid, class_accuracy: ``fid.evaluate`` against the
     original held-out digits (how far the model has moved from them; whether it still draws the asked-for class).
     """
-    from . import fid
-
     network = network or fid.feature_network()
     labels = torch.arange(NUM_DIGIT_CLASSES).repeat(-(-n // NUM_DIGIT_CLASSES))[:n]
     samples = sample_digits(unet, labels, seed=seed, steps=steps, progress=progress)
     new_test, _ = bold_digits("test")
     new_train, _ = bold_digits("train")
-    gen = torch.Generator().manual_seed(seed)
-    floor_batch = new_train[torch.randperm(len(new_train), generator=gen)[:n]]
     new_stats = fid.feature_statistics(fid.image_features(new_test, network))
     old = fid.evaluate(samples, labels, seed=seed, network=network)
-    return {"n": n, "new_fid": fid.frechet_distance(*fid.feature_statistics(fid.image_features(samples, network)),
-                                                    *new_stats),
-            "new_fid_floor": fid.frechet_distance(*fid.feature_statistics(fid.image_features(floor_batch, network)),
-                                                  *new_stats),
+    return {"n": n, "new_fid": fid.fid_to_statistics(samples, new_stats, network),
+            "new_fid_floor": fid.fid_to_statistics(fid.floor_batch(new_train, n, seed), new_stats, network),
             "old_fid": old["fid"], "old_fid_floor": old["fid_floor"], "class_accuracy": old["class_accuracy"],
             "diversity": old["diversity"], "samples": samples, "labels": labels}
-
-
-# --------------------------------------------------------------------------- the widget
-
-class LoRAScaleExplorer:
-    """A LoRA-scale slider over fixed noise: 0 = the base model, 1 = the adapted one, 1.5 = exaggerated.
-
-    The samples of each slider value are drawn (DDIM, eta = 0, ``steps`` steps, from the same x_T and labels) the
-    first time it is chosen, then kept, so going back is instant; ``latencies`` records each new value's seconds.
-    The adapter runs unmerged, so changing the scale needs no weight update.
-    """
-
-    def __init__(self, unet: nn.Module, labels=None, steps: int = 10, seed: int = 0, scale_max: float = 1.5,
-                 scale_step: float = 0.25, ncols: int = 10, classifier=None):
-        import ipywidgets as widgets
-
-        self.layers = _layers_or_fail(unet)
-        if any(layer.merged for layer in self.layers.values()):
-            raise ValueError("the model's LoRA layers are merged: unmerge_lora(model) first, the slider scales them")
-        self.unet, self.steps, self.ncols, self.classifier = unet, validate.positive_int("steps", steps), ncols, \
-            classifier
-        self.labels = torch.arange(NUM_DIGIT_CLASSES) if labels is None else validate.as_tensor("labels", labels).long()
-        self.x_T = torch.randn((len(self.labels), 1, 16, 16), generator=torch.Generator().manual_seed(seed))
-        self.samples, self.pngs, self.latencies = {}, {}, []
-        self.slider = widgets.FloatSlider(value=1.0, min=0.0, max=scale_max, step=scale_step, description="LoRA scale",
-                                          continuous_update=False, readout_format=".2f")
-        self.readout = widgets.Label()
-        self.image = widgets.Image(format="png")
-        self.slider.observe(lambda change: self.show(), names="value")
-        self.show()
-        self.widget = widgets.VBox([self.slider, self.readout, self.image])
-
-    def sample(self, scale: float) -> torch.Tensor:
-        key = round(float(scale), 6)
-        if key not in self.samples:
-            set_lora_scale(self.unet, key)
-            try:
-                self.samples[key] = sample_digits(self.unet, self.labels, x_T=self.x_T, steps=self.steps)
-            finally:
-                set_lora_scale(self.unet, 1.0)
-        return self.samples[key]
-
-    def show(self):
-        start = time.perf_counter()
-        key = round(float(self.slider.value), 6)
-        if key not in self.pngs:
-            self.pngs[key] = grid_png(self.sample(key), self.ncols)
-            self.latencies.append(time.perf_counter() - start)
-        self.image.value = self.pngs[key]
-        text = f"scale = {key:g}: " + ("the base model" if key == 0 else "the adapted model" if key == 1 else
-                                       "a blend" if key < 1 else "exaggerated")
-        if self.classifier is not None:
-            with torch.no_grad():
-                predicted = self.classifier(self.samples[key]).argmax(1)
-            text += f"; the classifier reads {int((predicted == self.labels).sum())}/{len(self.labels)} as asked"
-        self.readout.value = text + f"  ({len(self.pngs)} scales cached)"
-
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
-
-
-def before_after_figure(before: torch.Tensor, after: torch.Tensor, labels=None, title: str | None = None):
-    """Two rows from the same noise and labels: the base model's samples above, the adapted model's below."""
-    from matplotlib.figure import Figure
-
-    from .plotting import image_grid
-
-    if before.shape != after.shape:
-        raise ValueError(f"before and after must have the same shape, got {tuple(before.shape)} and "
-                         f"{tuple(after.shape)}")
-    n = len(before)
-    fig = Figure(figsize=(n * 0.9 + 0.3, 2 * 0.9 + 0.8))
-    top, bottom = fig.subfigures(2, 1)
-    titles = [str(int(y)) for y in labels] if labels is not None else None
-    image_grid(before, titles=titles, ncols=n, size=0.9, title="before: the base model", fig=top)
-    image_grid(after, ncols=n, size=0.9, title="after: base + LoRA", fig=bottom)
-    if title:
-        fig.suptitle(title)
-    return fig

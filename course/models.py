@@ -1,13 +1,29 @@
-"""The workbook's models, each built from a config: diffusers UNets for images, a small MLP for 2D data."""
+"""The workbook's shared models, each built from a config, and their loaders from the shipped checkpoints.
+
+diffusers UNets for images, a small MLP for 2D data, and the classifiers that score samples (digits for
+notebooks 03-07 and 11, shapes for 08). A topic's own models (the autoencoder, tiny CLIP, ControlNet) sit in
+the topic's module with their loaders, as diffusers pairs ``from_pretrained`` with each model class.
+"""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from . import checkpoints, datasets
+
 NUM_DIGIT_CLASSES = 10
 NULL_LABEL = NUM_DIGIT_CLASSES  # the label that means "no class": classifier-free guidance's unconditional model
+
+
+def sinusoid_frequencies(dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """w_i = max_period^(-i / (dim/2)) for i = 0, ..., dim/2 - 1: the frequencies of the sinusoidal encoding."""
+    if dim % 2:
+        raise ValueError(f"dim must be even, got {dim}")
+    half = dim // 2
+    return torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -15,11 +31,7 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0
 
     Returns (len(t), dim): [cos(t w_i), sin(t w_i)] with w_i = max_period^(-i / (dim/2)).
     """
-    if dim % 2:
-        raise ValueError(f"dim must be even, got {dim}")
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None]
+    args = t.float()[:, None] * sinusoid_frequencies(dim, max_period)[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
 
 
@@ -107,3 +119,48 @@ class NoisyDigitClassifier(nn.Module):
             if i < 2:  # 16x16 -> 8x8 -> 4x4
                 h = self.pool(h)
         return self.head(h)
+
+
+class ShapesClassifier(nn.Module):
+    """Shape class and colour of a 32x32 image, two heads on one small CNN: scores text-to-image samples."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        self.config = {"width": width}
+        self.features = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.SiLU(), nn.AdaptiveMaxPool2d(1), nn.Flatten())
+        self.shape_head = nn.Linear(2 * width, len(datasets.SHAPE_NAMES))
+        self.colour_head = nn.Linear(2 * width, len(datasets.COLOUR_NAMES))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.features(images)
+        return self.shape_head(h), self.colour_head(h)
+
+
+# --------------------------------------------------------------------------- loaders of the shipped checkpoints
+
+def load_classifier(directory: Path | None = None) -> DigitClassifier:
+    """The shipped digit classifier (sha256-verified): class accuracy of samples, and FID's features."""
+    return checkpoints.load_model("digit_classifier", lambda config: DigitClassifier(**config), directory)
+
+
+def load_digits_unet(directory: Path | None = None):
+    """The shipped class-conditional digits UNet of notebooks 03-07, 09-11 (sha256-verified)."""
+    return checkpoints.load_model("digits_unet", lambda config: build_digits_unet(), directory)
+
+
+def load_noisy_classifier(directory: Path | None = None) -> NoisyDigitClassifier:
+    """The shipped time-dependent classifier p_phi(y | x_t, t) of notebook 06 (sha256-verified)."""
+    return checkpoints.load_model("noisy_digit_classifier", lambda config: NoisyDigitClassifier(**config), directory)
+
+
+def load_shapes_classifier(directory: Path | None = None) -> ShapesClassifier:
+    """The shipped shapes classifier that reads notebook 08's samples (sha256-verified)."""
+    return checkpoints.load_model("shapes_classifier", lambda config: ShapesClassifier(**config), directory)
+
+
+def load_toy(dataset: str, directory: Path | None = None) -> TimeMLP:
+    """The shipped 2D eps-model trained on one of ``datasets.TOY_DATASETS``."""
+    return checkpoints.load_model(f"toy_{dataset}", lambda config: TimeMLP(**config), directory)

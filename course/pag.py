@@ -16,16 +16,15 @@ path, so eps and eps_hat come out of one forward pass (two chunks for PAG, three
 """
 from __future__ import annotations
 
-import time
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from . import ddim, validate
-from .plotting import grid_png
-from .models import NULL_LABEL
+from .attention import merge_heads, split_heads
+from .guidance import as_labels
+from .models import NULL_LABEL, load_classifier, load_digits_unet
 from .schedules import linear_schedule
 
 # The self-attention layers of the digits UNet (all at 4x4, the lowest resolution), by the names notebook 07 uses.
@@ -41,7 +40,7 @@ ATTENTION_STRATEGIES = STRATEGIES[:3]  # the ones that replace a self-attention 
 
 # --------------------------------------------------------------------------- self-attention, plain and perturbed
 
-def _tokens(attn, hidden_states: torch.Tensor) -> torch.Tensor:
+def to_tokens(attn, hidden_states: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) feature map -> (B, HW, C) tokens, group-normalised as the attention block does first."""
     batch, channels, height, width = hidden_states.shape
     tokens = hidden_states.view(batch, channels, height * width).transpose(1, 2)
@@ -50,14 +49,9 @@ def _tokens(attn, hidden_states: torch.Tensor) -> torch.Tensor:
     return tokens
 
 
-def _heads(attn, x: torch.Tensor) -> torch.Tensor:
-    """(B, N, heads * d) -> (B, heads, N, d)."""
-    return x.view(x.shape[0], -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
-
-
-def _merge_heads(x: torch.Tensor) -> torch.Tensor:
-    """(B, heads, N, d) -> (B, N, heads * d): Concat(head_1, ..., head_h)."""
-    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
+def split_heads_of(attn, x: torch.Tensor) -> torch.Tensor:
+    """(B, N, heads * d) -> (B, heads, N, d) for a diffusers ``Attention`` (its ``heads``): ``attention.split_heads``."""
+    return split_heads(x, attn.heads)
 
 
 def attention_output(attn, tokens: torch.Tensor, strategy: str | None = None, v_noise: float = 1.0,
@@ -69,21 +63,21 @@ def attention_output(attn, tokens: torch.Tensor, strategy: str | None = None, v_
     - "uniform":     A = 1/N everywhere, so every token gets the mean of V;
     - "perturbed_v": A kept, V replaced by V + v_noise * std(V) * z (z seeded: the same at every call).
     """
-    value = _heads(attn, attn.to_v(tokens))
+    value = split_heads_of(attn, attn.to_v(tokens))
     if strategy == "identity":
-        return _merge_heads(value)
+        return merge_heads(value)
     if strategy == "uniform":
-        return _merge_heads(value.mean(dim=2, keepdim=True).expand_as(value))
-    query, key = _heads(attn, attn.to_q(tokens)), _heads(attn, attn.to_k(tokens))
+        return merge_heads(value.mean(dim=2, keepdim=True).expand_as(value))
+    query, key = split_heads_of(attn, attn.to_q(tokens)), split_heads_of(attn, attn.to_k(tokens))
     if strategy == "perturbed_v":
         z = torch.randn(value.shape, generator=torch.Generator().manual_seed(seed)).to(value)
         value = value + v_noise * value.std() * z
     elif strategy is not None:
         raise ValueError(f"strategy must be one of {ATTENTION_STRATEGIES} or None, got {strategy!r}")
-    return _merge_heads(F.scaled_dot_product_attention(query, key, value))
+    return merge_heads(F.scaled_dot_product_attention(query, key, value))
 
 
-def _finish(attn, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+def finish_attention(attn, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """Output projection (linear, dropout), back to (B, C, H, W), residual and rescale, as AttnProcessor2_0."""
     out = attn.to_out[1](attn.to_out[0](out))
     out = out.transpose(1, 2).reshape(residual.shape)
@@ -96,7 +90,7 @@ def self_attention_block(attn, hidden_states: torch.Tensor, strategy: str | None
     """What a self-attention processor returns for feature maps (B, C, H, W): diffusers' ``AttnProcessor2_0``
     when strategy is None, its perturbed version otherwise (``PAGIdentitySelfAttnProcessor2_0``'s perturbed half
     for "identity")."""
-    return _finish(attn, attention_output(attn, _tokens(attn, hidden_states), strategy, **kwargs), hidden_states)
+    return finish_attention(attn, attention_output(attn, to_tokens(attn, hidden_states), strategy, **kwargs), hidden_states)
 
 
 class PerturbedSelfAttnProcessor:
@@ -165,11 +159,11 @@ def attention_maps(unet, x_t: torch.Tensor, t, labels=None, layer: str = "mid") 
     hook = module.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
     try:
         x_t = validate.floating("x_t", x_t)
-        unet(x_t, validate.timesteps("t", t, 1000, batch=len(x_t)), class_labels=_labels(labels, len(x_t)))
+        unet(x_t, validate.timesteps("t", t, 1000, batch=len(x_t)), class_labels=as_labels(labels, len(x_t)))
     finally:
         hook.remove()
-    tokens = _tokens(module, seen[0])
-    query, key = _heads(module, module.to_q(tokens)), _heads(module, module.to_k(tokens))
+    tokens = to_tokens(module, seen[0])
+    query, key = split_heads_of(module, module.to_q(tokens)), split_heads_of(module, module.to_k(tokens))
     return (query @ key.transpose(-1, -2) / query.shape[-1] ** 0.5).softmax(-1)
 
 
@@ -200,17 +194,6 @@ def pag_epsilon(model, x_t: torch.Tensor, t: torch.Tensor, s: float) -> torch.Te
     return pag_combination(eps, eps_hat, s)
 
 
-def _labels(labels, batch: int) -> torch.Tensor:
-    if labels is None:
-        return torch.full((batch,), NULL_LABEL, dtype=torch.long)
-    labels = validate.as_tensor("labels", labels).long().reshape(-1)
-    if labels.numel() == 1:
-        labels = labels.expand(batch)
-    if labels.shape != (batch,):
-        raise ValueError(f"labels must hold one label per sample ({batch}), got shape {tuple(labels.shape)}")
-    return labels
-
-
 def _noised(x_t: torch.Tensor, input_noise: float, seed: int) -> torch.Tensor:
     z = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(seed)).to(x_t)
     return x_t + input_noise * z
@@ -226,7 +209,7 @@ def pag_predictions(unet, x_t: torch.Tensor, t, labels=None, layers=DEFAULT_LAYE
     """
     x_t = validate.floating("x_t", x_t)
     t = validate.timesteps("t", t, 1000, batch=x_t.shape[0])
-    labels = _labels(labels, x_t.shape[0])
+    labels = as_labels(labels, x_t.shape[0])
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     if strategy == "noised_input":
@@ -246,7 +229,7 @@ def pag_cfg_predictions(unet, x_t: torch.Tensor, t, labels, layers=DEFAULT_LAYER
     x_t = validate.floating("x_t", x_t)
     batch = x_t.shape[0]
     t = validate.timesteps("t", t, 1000, batch=batch)
-    labels = _labels(labels, batch)
+    labels = as_labels(labels, batch)
     null = torch.full_like(labels, NULL_LABEL)
     with perturbed_attention(unet, layers, strategy, chunks=3):
         out = unet(torch.cat([x_t, x_t, x_t]), t.repeat(3), class_labels=torch.cat([null, labels, labels])).sample
@@ -265,10 +248,10 @@ def guided_eps_model(unet, s: float, layers=DEFAULT_LAYERS, strategy: str = "ide
         active = s != 0 and (t_range is None or t_range[0] <= int(t[0]) <= t_range[1])
         if w is None:
             if not active:
-                return unet(x_t, t, class_labels=_labels(None, len(x_t))).sample
+                return unet(x_t, t, class_labels=as_labels(None, len(x_t))).sample
             return pag_combination(*pag_predictions(unet, x_t, t, None, layers, strategy), s)
         if not active:
-            y = _labels(labels, len(x_t))
+            y = as_labels(labels, len(x_t))
             eps_null, eps_cond = unet(torch.cat([x_t, x_t]), t.repeat(2),
                                       class_labels=torch.cat([torch.full_like(y, NULL_LABEL), y])).sample.chunk(2)
             return eps_null + w * (eps_cond - eps_null)
@@ -283,8 +266,6 @@ def pag_sampler(s: float, layers=DEFAULT_LAYERS, steps: int = 20, strategy: str 
     Unconditional when w is None: the labels only set how many samples to draw (score with
     ``fid.evaluate(samples)``, without labels). With w, PAG + CFG on the given labels.
     """
-    from .train import load_digits_unet
-
     unet = unet if unet is not None else load_digits_unet()
     attention_modules(unet, layers)  # fail now on a bad layer name, not inside the sampler
     if strategy not in STRATEGIES:
@@ -292,17 +273,8 @@ def pag_sampler(s: float, layers=DEFAULT_LAYERS, steps: int = 20, strategy: str 
     schedule = linear_schedule()
 
     def sample(labels, seed: int = 0):
-        labels = validate.as_tensor("labels", labels).long()
-        gen = torch.Generator().manual_seed(seed)
-        x_T = torch.randn((len(labels), 1, 16, 16), generator=gen)
-        out = []
-        for start in range(0, len(labels), batch_size):
-            y = labels[start:start + batch_size]
-            eps_model = guided_eps_model(unet, s, layers, strategy, y, w, t_range)
-            x, _ = ddim.ddim_sample(eps_model, schedule, tuple(x_T[start:start + batch_size].shape), steps=steps,
-                                        x_T=x_T[start:start + batch_size], progress=progress)
-            out.append(x.clamp(-1, 1))
-        return torch.cat(out)
+        return ddim.sample_in_batches(lambda y: guided_eps_model(unet, s, layers, strategy, y, w, t_range), labels,
+                                      schedule, steps, seed=seed, batch_size=batch_size, progress=progress)
     return sample
 
 
@@ -319,72 +291,5 @@ def gradient_magnitude(images: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def classifier_confidence(images: torch.Tensor, classifier=None) -> torch.Tensor:
     """The digit classifier's top softmax probability per image: how clearly a sample is one digit."""
-    from .train import load_classifier
-
     classifier = classifier if classifier is not None else load_classifier()
     return classifier(validate.floating("images", images).clamp(-1, 1)).softmax(1).max(1).values
-
-
-# --------------------------------------------------------------------------- the widget
-
-class PAGExplorer:
-    """A PAG-scale slider and a layer picker over a fixed grid of unconditional samples (fixed x_T, DDIM eta = 0).
-
-    Each (s, layers) is sampled the first time it is chosen and kept, so moving back is instant; with
-    ``precompute`` the first layer choice is sampled at every s when the widget is built. ``latencies`` records the
-    seconds each new setting took (sampling and drawing) after that.
-    """
-
-    def __init__(self, unet, n: int = 8, steps: int = 10, seed: int = 0, scales=(0, 0.5, 1, 1.5, 2, 3, 4, 5),
-                 layer_choices=None, ncols: int = 8, precompute: bool = True):
-        import ipywidgets as widgets
-
-        self.unet, self.steps, self.ncols = unet, steps, ncols
-        self.x_T = torch.randn((n, 1, 16, 16), generator=torch.Generator().manual_seed(seed))
-        layer_choices = layer_choices or {"mid": ("mid",), "down.4x4": ("down.4x4",), "up.4x4": ("up.4x4",),
-                                          "all three": tuple(LAYERS)}
-        for layers in layer_choices.values():
-            attention_modules(unet, layers)
-        self.layer_choices = dict(layer_choices)
-        self.samples, self.pngs, self.latencies = {}, {}, []
-        self.scale = widgets.SelectionSlider(options=[(f"{v:g}", float(v)) for v in scales], value=float(scales[0]),
-                                             description="PAG s", continuous_update=False)
-        self.layers = widgets.ToggleButtons(options=list(self.layer_choices), description="layers")
-        self.readout = widgets.Label()
-        self.image = widgets.Image(format="png")
-        self.scale.observe(lambda change: self.show(), names="value")
-        self.layers.observe(lambda change: self.show(), names="value")
-        if precompute:  # the first layer choice at every s, so the slider answers at once from the start
-            for value in tqdm([v for _, v in self.scale.options], desc="PAG widget: precomputing", leave=False):
-                self.pngs[self._key(value, self.layers.value)] = grid_png(self.sample(value, self.layers.value),
-                                                                           self.ncols)
-        self.show()
-        self.widget = widgets.VBox([widgets.HBox([self.scale, self.layers]), self.readout, self.image])
-
-    def _key(self, s: float, layer_name: str) -> tuple:
-        return (s, self.layer_choices[layer_name] if s else ())
-
-    def sample(self, s: float, layer_name: str) -> torch.Tensor:
-        key = self._key(s, layer_name)
-        if key not in self.samples:
-            eps_model = guided_eps_model(self.unet, s, key[1] or DEFAULT_LAYERS)
-            self.samples[key], _ = ddim.ddim_sample(eps_model, linear_schedule(), tuple(self.x_T.shape),
-                                                        steps=self.steps, x_T=self.x_T, progress=False)
-        return self.samples[key]
-
-    def show(self):
-        start = time.perf_counter()
-        s, name = self.scale.value, self.layers.value
-        key = self._key(s, name)
-        if key not in self.pngs:
-            self.pngs[key] = grid_png(self.sample(s, name), self.ncols)
-            self.latencies.append(time.perf_counter() - start)
-        self.image.value = self.pngs[key]
-        x = self.samples[key]
-        self.readout.value = (f"s = {s:g}, layers {name}: sharpness {gradient_magnitude(x).mean():.3f} "
-                              f"(mean |gradient|), {len(self.pngs)} settings cached")
-
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)

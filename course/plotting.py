@@ -110,3 +110,42 @@ def grid_png(images: torch.Tensor, ncols: int = 8, scale: int = 5) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def rows_figure(rows: dict, title: str | None = None, size: float = 0.75):
+    """A grid with one named row per entry of ``rows`` (name -> (N, 1, H, W) images in [-1, 1]), the names on
+    the left: conditions above the samples drawn for them."""
+    ncols = max(len(images) for images in rows.values())
+    height = len(rows) * size + (0.35 if title else 0.05)
+    fig = Figure(figsize=(1.6 + ncols * size, height))
+    axes = fig.subplots(len(rows), ncols, squeeze=False)
+    for r, (name, images) in enumerate(rows.items()):
+        pixels = to_display(images)
+        for c, ax in enumerate(axes[r]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if c < len(pixels):
+                ax.imshow(pixels[c, ..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(pad=0.2, h_pad=0.1, w_pad=0.1, rect=(0, 0, 1, 1 - 0.35 / height if title else 1))
+    return fig
+
+
+def before_after_figure(before: torch.Tensor, after: torch.Tensor, labels=None, title: str | None = None):
+    """Two rows from the same noise and labels: the base model's samples above, the adapted model's below."""
+    if before.shape != after.shape:
+        raise ValueError(f"before and after must have the same shape, got {tuple(before.shape)} and "
+                         f"{tuple(after.shape)}")
+    n = len(before)
+    fig = Figure(figsize=(n * 0.9 + 0.3, 2 * 0.9 + 0.8))
+    top, bottom = fig.subfigures(2, 1)
+    titles = [str(int(y)) for y in labels] if labels is not None else None
+    image_grid(before, titles=titles, ncols=n, size=0.9, title="before: the base model", fig=top)
+    image_grid(after, ncols=n, size=0.9, title="after: base + LoRA", fig=bottom)
+    if title:
+        fig.suptitle(title)
+    return fig

@@ -187,8 +187,8 @@ def mixture_class_log_prob(mixture, x: torch.Tensor, alpha_bar: float) -> torch.
     return log_joint - torch.logsumexp(log_joint, dim=1, keepdim=True)
 
 
-def classifier_log_prob_grad(log_prob_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                             y: torch.Tensor) -> torch.Tensor:
+def log_prob_grad(log_prob_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                  y: torch.Tensor) -> torch.Tensor:
     """grad_x log p_t(y | x) by autograd, for ``log_prob_fn(x) -> (N, K)`` log-probabilities and labels y (N,)."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)

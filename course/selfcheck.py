@@ -7,6 +7,9 @@ import socket
 import time
 from importlib import metadata
 
+from . import datasets
+from .device import get_device
+
 EXPECTED_TORCH = "2.13.0"
 
 
@@ -45,9 +48,6 @@ def versions() -> dict:
 def run() -> list[tuple[str, bool, str]]:
     """Run every check; print a table and return (check, ok, detail) rows."""
     import torch
-
-    from . import datasets
-    from .device import get_device
 
     rows = []
     found = versions()

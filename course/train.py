@@ -18,9 +18,8 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from . import checkpoints, datasets, ddpm, metrics, models
+from . import checkpoints, controlnet as cn, datasets, ddpm, fid, fitting, forward, ldm, metrics, models
 from .schedules import get_schedule
 
 
@@ -71,51 +70,20 @@ RECIPES = {
 SHAPES_TRAIN = dict(n=4000, seed=0)  # the training shapes; held-out shapes use seed 1
 
 
-def _loss_bar(recipe: Recipe, steps: int):
-    return tqdm(range(steps), desc=recipe.name, mininterval=2, file=sys.stdout)
-
-
-def _fit(recipe: Recipe, steps: int, parameters, batch_loss: Callable, schedule: str | None = None,
-         weight_decay: float = 0.0, after_step: Callable | None = None) -> float:
-    """The loop of the shapes recipes: AdamW, an optional LR schedule ("cosine" or "onecycle"), a progress bar.
-
-    ``batch_loss(step)`` returns (loss, {name: value shown on the bar}); returns the last loss.
-    """
-    opt = torch.optim.AdamW(parameters, lr=recipe.lr, weight_decay=weight_decay)
-    sched = {"cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps),
-             "onecycle": lambda: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=steps,
-                                                                      pct_start=0.05),
-             None: lambda: None}[schedule]()
-    bar = _loss_bar(recipe, steps)
-    for step in bar:
-        loss, shown = batch_loss(step)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if sched is not None:
-            sched.step()
-        if after_step is not None:
-            after_step(step)
-        bar.set_postfix(shown, refresh=False)
-    return loss.item()
+def _fit(recipe: Recipe, steps: int, parameters, batch_loss: Callable, **options) -> float:
+    """A recipe's run of ``fitting.fit`` (its lr, name on the bar, printed to stdout); returns the last loss."""
+    return fitting.fit(parameters, batch_loss, steps, recipe.lr, desc=recipe.name, mininterval=2, **options)[-1]
 
 
 def fit_toy(model: torch.nn.Module, data: torch.Tensor, schedule, steps: int, batch_size: int = 512,
             lr: float = 2e-3, seed: int = 0, desc: str = "training") -> list[float]:
     """Train eps_theta on 2D points with L_simple (Algorithm 1); returns the loss of every step."""
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    history = []
-    bar = tqdm(range(steps), desc=desc, mininterval=1, file=sys.stdout)
-    for _ in bar:
-        batch = data[torch.randint(0, len(data), (batch_size,), generator=gen)]
-        loss = ddpm.random_l_simple(model, schedule, batch, gen)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        history.append(loss.item())
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-    return history
+
+    def batch_loss(step):
+        return ddpm.random_l_simple(model, schedule, data[torch.randint(0, len(data), (batch_size,), generator=gen)], gen)
+
+    return fitting.fit(model.parameters(), batch_loss, steps, lr, optimizer="adam", desc=desc)
 
 
 def train_toy(recipe: Recipe, steps: int):
@@ -135,28 +103,23 @@ def train_classifier(recipe: Recipe, steps: int):
     gen = torch.Generator().manual_seed(recipe.seed)
     images, labels = datasets.digits("train")
     model = models.DigitClassifier()
-    opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
-    bar = _loss_bar(recipe, steps)
-    for step in bar:
+
+    def batch_loss(step):
         idx = torch.randint(0, len(images), (recipe.batch_size,), generator=gen)
         shift = torch.randint(-1, 2, (2,), generator=gen).tolist()  # small shifts: robust to imperfect samples
         batch = torch.roll(images[idx], shifts=shift, dims=(2, 3))
-        loss = F.cross_entropy(model(batch), labels[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        return F.cross_entropy(model(batch), labels[idx])
+
+    final_loss = _fit(recipe, steps, model.parameters(), batch_loss, optimizer="adam")
     model.eval()
     test_images, test_labels = datasets.digits("test")
     with torch.no_grad():
         accuracy = (model(test_images).argmax(1) == test_labels).float().mean().item()
-    return model, loss.item(), {"test_accuracy": round(accuracy, 4), **fid_floors(model)}
+    return model, final_loss, {"test_accuracy": round(accuracy, 4), **fid_floors(model)}
 
 
 def fid_floors(network) -> dict:
     """FID of real training digits against the held-out ones, at each harness sample count: FID's baseline."""
-    from . import fid
-
     return {f"fid_floor_{mode}_n{n}": round(fid.evaluate(datasets.digits("train")[0][:n], network=network)["fid_floor"], 4)
             for mode, n in fid.SAMPLE_COUNTS.items()}
 
@@ -167,31 +130,23 @@ def train_unet(recipe: Recipe, steps: int):
     images, labels = datasets.digits("train")
     model, schedule = models.build_digits_unet(), get_schedule("linear")
     ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=steps, pct_start=0.05)
-    bar = _loss_bar(recipe, steps)
-    for step in bar:
+
+    def batch_loss(step):
         idx = torch.randint(0, len(images), (recipe.batch_size,), generator=gen)
         y = labels[idx].clone()
         y[torch.rand(len(y), generator=gen) < recipe.options["label_dropout"]] = models.NULL_LABEL
-        loss = ddpm.random_l_simple(lambda x, t: model(x, t, class_labels=y).sample, schedule, images[idx], gen)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            decay = min(recipe.options["ema"], (1 + step) / (10 + step))
-            for p_ema, p in zip(ema.parameters(), model.parameters()):
-                p_ema.lerp_(p, 1 - decay)
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-    return ema, loss.item(), unet_class_accuracy(ema, recipe.options["eval_per_class"], recipe.seed)
+        return ddpm.random_l_simple(lambda x, t: model(x, t, class_labels=y).sample, schedule, images[idx], gen)
+
+    final_loss = _fit(recipe, steps, model.parameters(), batch_loss, lr_lr_schedule="onecycle",
+                      after_step=lambda step: fitting.ema_update(ema, model, fitting.ema_decay(step, recipe.options["ema"])))
+    return ema, final_loss, unet_class_accuracy(ema, recipe.options["eval_per_class"], recipe.seed)
 
 
 @torch.no_grad()
 def unet_class_accuracy(unet, per_class: int, seed: int = 0) -> dict:
     """Class-conditional DDPM samples (no guidance) scored by the shipped digit classifier."""
     try:
-        classifier = load_classifier()
+        classifier = models.load_classifier()
     except checkpoints.CheckpointError as err:
         return {"class_accuracy": None, "note": str(err)}
     unet.eval()
@@ -206,8 +161,6 @@ def unet_class_accuracy(unet, per_class: int, seed: int = 0) -> dict:
 
 def noisy_accuracy(model, schedule, timesteps, seed: int = 0) -> dict:
     """Accuracy of p_phi(y | x_t, t) on held-out digits noised to each t (fixed, seeded noise)."""
-    from . import forward
-
     images, labels = datasets.digits("test")
     gen = torch.Generator().manual_seed(seed)
     result = {}
@@ -221,40 +174,31 @@ def noisy_accuracy(model, schedule, timesteps, seed: int = 0) -> dict:
 
 def train_noisy_classifier(recipe: Recipe, steps: int):
     """Cross-entropy on x_t = q_sample(x_0, t, eps) with t uniform in [0, T): a classifier for classifier guidance."""
-    from . import forward
-
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
     images, labels = datasets.digits("train")
     schedule = get_schedule("linear")
     model = models.NoisyDigitClassifier(width=recipe.options["width"])
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    bar = _loss_bar(recipe, steps)
-    for step in bar:
+
+    def batch_loss(step):
         idx = torch.randint(0, len(images), (recipe.batch_size,), generator=gen)
         shift = torch.randint(-1, 2, (2,), generator=gen).tolist()
         x_0 = torch.roll(images[idx], shifts=shift, dims=(2, 3))
         t = torch.randint(0, schedule.T, (recipe.batch_size,), generator=gen)
         x_t = forward.q_sample(schedule, x_0, t, torch.randn(x_0.shape, generator=gen))
-        loss = F.cross_entropy(model(x_t, t), labels[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        return F.cross_entropy(model(x_t, t), labels[idx])
+
+    final_loss = _fit(recipe, steps, model.parameters(), batch_loss, weight_decay=1e-4, lr_lr_schedule="cosine")
     model.eval()
-    return model, loss.item(), noisy_accuracy(model, schedule, recipe.options["eval_t"], recipe.seed)
+    return model, final_loss, noisy_accuracy(model, schedule, recipe.options["eval_t"], recipe.seed)
 
 
 def train_shapes_classifier(recipe: Recipe, steps: int):
     """Cross-entropy on shape class and colour, with random shifts; scores notebook 08's generated images."""
-    from . import ldm
-
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
     data = datasets.shapes(**SHAPES_TRAIN)
-    model = ldm.ShapesClassifier()
+    model = models.ShapesClassifier()
 
     def batch_loss(step):
         idx = torch.randint(0, len(data), (recipe.batch_size,), generator=gen)
@@ -277,8 +221,6 @@ def shapes_accuracy(classifier, data) -> dict:
 
 def train_vae(recipe: Recipe, steps: int):
     """AutoencoderKL on shapes: MSE reconstruction + kl_weight * KL (weak, or zero for the comparison)."""
-    from . import ldm
-
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
     images = datasets.shapes(**SHAPES_TRAIN).images
@@ -289,7 +231,7 @@ def train_vae(recipe: Recipe, steps: int):
         loss, parts = ldm.vae_loss(vae, images[idx], recipe.options["kl_weight"], gen)
         return loss, {"mse": f"{parts['mse']:.4f}", "kl": f"{parts['kl']:.1f}"}
 
-    final_loss = _fit(recipe, steps, vae.parameters(), batch_loss, schedule="onecycle")
+    final_loss = _fit(recipe, steps, vae.parameters(), batch_loss, lr_schedule="onecycle")
     vae.eval()
     held_out = datasets.shapes(500, seed=1).images
     with torch.no_grad():
@@ -302,8 +244,6 @@ def train_vae(recipe: Recipe, steps: int):
 
 def train_clip(recipe: Recipe, steps: int):
     """The tiny CLIP: symmetric cross-entropy over the image-caption similarity matrix of each batch."""
-    from . import ldm
-
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
     data = datasets.shapes(**SHAPES_TRAIN)
@@ -317,7 +257,7 @@ def train_clip(recipe: Recipe, steps: int):
         loss = ldm.clip_loss(model.similarity(data.images[idx], tokens[idx]), model.logit_scale, same_caption)
         return loss, {"loss": f"{loss.item():.4f}"}
 
-    final_loss = _fit(recipe, steps, model.parameters(), batch_loss, schedule="cosine", weight_decay=1e-4)
+    final_loss = _fit(recipe, steps, model.parameters(), batch_loss, lr_schedule="cosine", weight_decay=1e-4)
     model.eval()
     return model, final_loss, clip_retrieval_accuracy(model, datasets.shapes(1000, seed=1))
 
@@ -325,8 +265,6 @@ def train_clip(recipe: Recipe, steps: int):
 @torch.no_grad()
 def clip_retrieval_accuracy(model, data) -> dict:
     """How often each held-out image's most similar caption, among all twelve, is its own."""
-    from . import ldm
-
     best = model.similarity(data.images, ldm.tokenize_batch(ldm.all_captions())).argmax(1)
     truth = data.labels * len(datasets.COLOUR_NAMES) + data.colours
     return {"zero_shot_caption_accuracy": round((best == truth).float().mean().item(), 4), "images_scored": len(data)}
@@ -334,9 +272,7 @@ def clip_retrieval_accuracy(model, data) -> dict:
 
 def train_digits_controlnet(recipe: Recipe, steps: int):
     """A ControlNet (digit mask -> digit) on the frozen shipped digits UNet; scored by IoU on held-out masks."""
-    from . import controlnet as cn
-
-    unet = load_digits_unet()
+    unet = models.load_digits_unet()
     torch.manual_seed(recipe.seed)
     distance_at_step_0 = cn.distance_from_base(unet, cn.ControlNet(unet, zero_init=recipe.options["zero_init"]))
     model, history = cn.train_controlnet(unet, steps, recipe.batch_size, recipe.lr, recipe.options["zero_init"],
@@ -348,8 +284,6 @@ def train_digits_controlnet(recipe: Recipe, steps: int):
 def controlnet_adherence(unet, model, distance_at_step_0: float, n_masks: int = 297) -> dict:
     """IoU of held-out masks with the ink of samples drawn for them: controlled (null label), and the base
     model told the true digit; plus how far the untrained ControlNet moved the base model's eps."""
-    from . import controlnet as cn
-
     images, labels = datasets.digits("test")
     images, labels = images[:n_masks], labels[:n_masks]
     masks = cn.digit_masks(images)
@@ -367,17 +301,15 @@ def train_latent_unet(recipe: Recipe, steps: int):
     Captions are dropped to "" (for classifier-free guidance) and single words to <unk> (so unknown words
     mean "any"), each with the recipe's probability.
     """
-    from . import ldm
-
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
-    text_encoder, data = load_shapes_clip().text, datasets.shapes(**SHAPES_TRAIN)
+    text_encoder, data = ldm.load_shapes_clip().text, datasets.shapes(**SHAPES_TRAIN)
     width = text_encoder.config["width"]
     if recipe.options.get("pixel_space"):  # the pixel-space twin: the same recipe on the images themselves
         vae, scaling_factor, latents = None, 1.0, data.images
         unet = ldm.build_latent_unet(ldm.pixel_unet_config(cross_attention_dim=width))
     else:
-        vae, scaling_factor = load_shapes_vae(), load_latent_scaling_factor()
+        vae, scaling_factor = ldm.load_shapes_vae(), ldm.load_latent_scaling_factor()
         latents = ldm.encode_mean(vae, data.images) * scaling_factor
         unet = ldm.build_latent_unet(ldm.latent_unet_config(cross_attention_dim=width))
     tokens, empty_prompt = ldm.tokenize_batch(data.captions), torch.tensor(ldm.tokenize(""))
@@ -396,37 +328,13 @@ def train_latent_unet(recipe: Recipe, steps: int):
                                       latents[idx], gen)
         return loss, {"loss": f"{loss.item():.4f}"}
 
-    def update_ema(step):
-        with torch.no_grad():
-            decay = min(recipe.options["ema"], (1 + step) / (10 + step))
-            for p_ema, p in zip(ema.parameters(), unet.parameters()):
-                p_ema.lerp_(p, 1 - decay)
-
-    final_loss = _fit(recipe, steps, unet.parameters(), batch_loss, schedule="onecycle", after_step=update_ema)
+    final_loss = _fit(recipe, steps, unet.parameters(), batch_loss, lr_schedule="onecycle", after_step=lambda step: fitting.ema_update(
+                          ema, unet, fitting.ema_decay(step, recipe.options["ema"])))
     ema.eval()
-    quality = {f"w{w:g}": text_to_image_accuracy(ema, vae, text_encoder, scaling_factor, w,
+    quality = {f"w{w:g}": ldm.text_to_image_accuracy(ema, vae, text_encoder, scaling_factor, w,
                                                  recipe.options["eval_per_caption"], recipe.seed)
                for w in recipe.options["eval_w"]}
     return ema, final_loss, quality
-
-
-@torch.no_grad()
-def text_to_image_accuracy(unet, vae, text_encoder, scaling_factor: float, w: float, per_caption: int,
-                           seed: int = 0, steps: int = 20) -> dict:
-    """Samples for each of the twelve captions, read back by the shipped shapes classifier."""
-    from . import ldm
-
-    classifier = load_shapes_classifier()
-    captions = [c for c in ldm.all_captions() for _ in range(per_caption)]
-    images = ldm.text_to_image(unet, vae, text_encoder, captions, scaling_factor, w, steps, seed)
-    shape_logits, colour_logits = classifier(images)
-    want_shape = torch.tensor([datasets.SHAPE_NAMES.index(c.split()[2]) for c in captions])
-    want_colour = torch.tensor([datasets.COLOUR_NAMES.index(c.split()[1]) for c in captions])
-    shape_ok, colour_ok = shape_logits.argmax(1) == want_shape, colour_logits.argmax(1) == want_colour
-    return {"shape_accuracy": round(shape_ok.float().mean().item(), 4),
-            "colour_accuracy": round(colour_ok.float().mean().item(), 4),
-            "both_accuracy": round((shape_ok & colour_ok).float().mean().item(), 4),
-            "samples_scored": len(captions), "ddim_steps": steps}
 
 
 TRAINERS = {"toy": train_toy, "classifier": train_classifier, "unet": train_unet,
@@ -452,80 +360,6 @@ def run(name: str, steps: int | None = None, out: Path | None = None) -> dict:
     print(f"{name}: {steps} steps in {wall:.0f} s, final loss {final_loss:.4f}, quality {quality}, "
           f"{entry['size_bytes'] / 1e6:.2f} MB, sha256 {entry['sha256'][:12]}")
     return entry
-
-
-# --------------------------------------------------------------------------- loading
-
-def load_model(name: str, build: Callable[[dict], torch.nn.Module], directory: Path | None = None,
-               frozen: bool = False) -> torch.nn.Module:
-    """Checkpoint NAME, sha256-verified, into the model ``build(config from its manifest entry)``, in eval mode."""
-    state, entry = checkpoints.load_state(name, directory or checkpoints.CHECKPOINT_DIR)
-    model = build(dict(entry["config"] or {}))
-    model.load_state_dict(state)
-    model.eval()
-    return model.requires_grad_(False) if frozen else model
-
-
-def load_classifier(directory: Path | None = None) -> models.DigitClassifier:
-    return load_model("digit_classifier", lambda config: models.DigitClassifier(**config), directory)
-
-
-def load_digits_unet(directory: Path | None = None):
-    return load_model("digits_unet", lambda config: models.build_digits_unet(), directory)
-
-
-def load_noisy_classifier(directory: Path | None = None) -> models.NoisyDigitClassifier:
-    """The shipped time-dependent classifier p_phi(y | x_t, t) of notebook 06 (sha256-verified)."""
-    return load_model("noisy_digit_classifier", lambda config: models.NoisyDigitClassifier(**config), directory)
-
-
-def load_shapes_classifier(directory: Path | None = None):
-    from . import ldm
-
-    return load_model("shapes_classifier", lambda config: ldm.ShapesClassifier(**config), directory)
-
-
-def load_shapes_vae(name: str = "shapes_vae", directory: Path | None = None):
-    """The shipped autoencoder ("shapes_vae", weak KL) or its KL = 0 twin ("shapes_vae_kl0")."""
-    from . import ldm
-
-    return load_model(name, lambda config: ldm.build_vae(), directory, frozen=True)
-
-
-def load_latent_scaling_factor(name: str = "shapes_vae", directory: Path | None = None) -> float:
-    """The scaling factor computed when the autoencoder was trained: 1 / std of its training latents."""
-    entry = checkpoints.read_manifest(directory or checkpoints.CHECKPOINT_DIR).get(name)
-    if entry is None:
-        raise checkpoints.CheckpointError(f"no manifest entry for '{name}'; rebuild it with: python -m course.train {name}")
-    return entry["quality"]["latent_scaling_factor"]
-
-
-def load_shapes_clip(directory: Path | None = None):
-    from . import ldm
-
-    return load_model("shapes_clip", lambda config: ldm.TinyCLIP(**config), directory, frozen=True)
-
-
-def load_shapes_ldm(name: str = "shapes_ldm", directory: Path | None = None):
-    """The text-conditioned latent UNet of notebook 08, or by name a pixel-space twin (shapes_pixel, _long)."""
-    from . import ldm
-
-    return load_model(name, ldm.build_latent_unet, directory, frozen=True)
-
-
-def load_digits_controlnet(name: str = "digits_controlnet", directory: Path | None = None):
-    """The shipped ControlNet of notebook 09 (or, by name, its ablation without zero convolutions)."""
-    from . import controlnet as cn
-
-    def build(config):
-        config["embedding_channels"] = tuple(config["embedding_channels"])
-        return cn.ControlNet(load_digits_unet(), **config)  # the base always comes from the shipped checkpoints
-
-    return load_model(name, build, directory, frozen=True)
-
-
-def load_toy(dataset: str, directory: Path | None = None) -> models.TimeMLP:
-    return load_model(f"toy_{dataset}", lambda config: models.TimeMLP(**config), directory)
 
 
 def main(argv=None) -> int:

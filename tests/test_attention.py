@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course import attention, models
+from course import attention, models, seq2seq, widgets
 from course.exercises import ExerciseFailed, check_multi_head_attention, check_scaled_dot_product_attention
 
 
@@ -144,26 +144,26 @@ def test_bad_input_raises_a_clear_value_error(call, message):
 # --------------------------------------------------------------------------- the toy seq2seq
 
 def test_reversal_batch_and_seq2seq_shapes():
-    src, target = attention.reversal_batch(4, 6, generator=torch.Generator().manual_seed(0))
+    src, target = seq2seq.reversal_batch(4, 6, generator=torch.Generator().manual_seed(0))
     assert torch.equal(target, src.flip(1))
     for use_attention in (True, False):
-        logits, weights = attention.Seq2Seq(attention=use_attention)(src)
+        logits, weights = seq2seq.Seq2Seq(attention=use_attention)(src)
         assert logits.shape == (4, 6, 10) and weights.shape == (4, 6, 6)
-    _, weights = attention.Seq2Seq(attention=True)(src)
+    _, weights = seq2seq.Seq2Seq(attention=True)(src)
     torch.testing.assert_close(weights.sum(-1), torch.ones(4, 6))
 
 
 @pytest.mark.slow
 def test_attention_learns_the_anti_diagonal_and_beats_the_fixed_context():
     """The notebook's recipe: 400 steps each. Attention reverses 12 digits; the fixed context does not."""
-    with_attention, fixed = attention.Seq2Seq(attention=True), attention.Seq2Seq(attention=False)
-    attention.train_seq2seq(with_attention, steps=400, progress=False)
-    attention.train_seq2seq(fixed, steps=400, progress=False)
-    acc_att = attention.accuracy_by_length(with_attention, [4, 12])
-    acc_fixed = attention.accuracy_by_length(fixed, [4, 12])
+    with_attention, fixed = seq2seq.Seq2Seq(attention=True), seq2seq.Seq2Seq(attention=False)
+    seq2seq.train_seq2seq(with_attention, steps=400, progress=False)
+    seq2seq.train_seq2seq(fixed, steps=400, progress=False)
+    acc_att = seq2seq.accuracy_by_length(with_attention, [4, 12])
+    acc_fixed = seq2seq.accuracy_by_length(fixed, [4, 12])
     assert acc_att[4] > 0.98 and acc_att[12] > 0.95
     assert acc_fixed[4] > 0.9 and acc_fixed[12] < 0.75
-    src, _ = attention.reversal_batch(200, 10, generator=torch.Generator().manual_seed(2))
+    src, _ = seq2seq.reversal_batch(200, 10, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         _, alpha = with_attention(src)
     assert (alpha.argmax(-1) == torch.arange(9, -1, -1)).float().mean() > 0.9
@@ -173,7 +173,7 @@ def test_attention_learns_the_anti_diagonal_and_beats_the_fixed_context():
 
 def test_attention_explorer_reacts_to_every_control_and_caches_views():
     logits = torch.randn(2, 4, 5, generator=torch.Generator().manual_seed(0))
-    explorer = attention.AttentionExplorer(logits, list("abcd"), list("vwxyz"), head_names=["one", "two"])
+    explorer = widgets.AttentionExplorer(logits, list("abcd"), list("vwxyz"), head_names=["one", "two"])
     first = explorer.image.value
     assert explorer.render_count == 1
     explorer.temperature.value = 0.1
@@ -187,7 +187,7 @@ def test_attention_explorer_reacts_to_every_control_and_caches_views():
     assert attention.softmax_entropy(explorer.weights(0, 10.0)).mean() > attention.softmax_entropy(
         explorer.weights(0, 0.1)).mean()
     with pytest.raises(ValueError, match="query labels"):
-        attention.AttentionExplorer(logits, list("abc"), list("vwxyz"))
+        widgets.AttentionExplorer(logits, list("abc"), list("vwxyz"))
 
 
 # --------------------------------------------------------------------------- checker: scaled dot-product attention

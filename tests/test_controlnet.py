@@ -5,14 +5,15 @@ import pytest
 import torch
 from torch import nn
 
+from course import checkpoints, datasets, metrics, models, widgets
 from course import controlnet as cn
-from course import models, train
+from course.schedules import get_schedule
 from course.exercises import ExerciseFailed, check_add_control, check_zero_conv
 
 
 @pytest.fixture(scope="module")
 def unet():
-    return train.load_digits_unet()
+    return models.load_digits_unet()
 
 
 def _inputs(n=4, seed=0):
@@ -53,10 +54,10 @@ def test_at_initialisation_the_controlled_model_is_exactly_the_base(unet):
 def test_step_0_gradients_reach_only_the_zero_convolutions(unet):
     torch.manual_seed(0)
     controlnet = cn.ControlNet(unet)
-    images, labels = train.datasets.digits("train")
+    images, labels = datasets.digits("train")
     gen = torch.Generator().manual_seed(0)
     loss = cn.control_loss(unet.requires_grad_(False), controlnet, images[:16], cn.digit_masks(images[:16]),
-                           labels[:16], train.get_schedule("linear"), gen)
+                           labels[:16], get_schedule("linear"), gen)
     loss.backward()
     zero_convs = [*controlnet.zero_convs, controlnet.mid_zero_conv]
     zero_ids = {id(p) for conv in zero_convs for p in conv.parameters()}
@@ -69,10 +70,10 @@ def test_step_0_gradients_reach_only_the_zero_convolutions(unet):
 def test_the_copy_starts_learning_once_the_zero_convolutions_moved(unet):
     controlnet, losses = cn.train_controlnet(unet, steps=2, batch_size=8, seed=0, progress=False)
     assert len(losses) == 2 and all(conv.weight.abs().max() > 0 for conv in controlnet.zero_convs)
-    images, labels = train.datasets.digits("train")
+    images, labels = datasets.digits("train")
     controlnet.train().zero_grad()
     cn.control_loss(unet, controlnet, images[:8], cn.digit_masks(images[:8]), labels[:8],
-                    train.get_schedule("linear"), torch.Generator().manual_seed(1)).backward()
+                    get_schedule("linear"), torch.Generator().manual_seed(1)).backward()
     assert controlnet.down_blocks[0].resnets[0].conv1.weight.grad.norm() > 0
     assert controlnet.condition_embedding.conv_out.weight.grad.norm() > 0
 
@@ -165,15 +166,15 @@ def test_masks_and_iou():
     b = a.clone()
     b[0, 0, :1] = 0
     assert torch.equal(cn.digit_masks(torch.tensor([[-1.0, 0.0, 0.5]])), torch.tensor([[0.0, 0.0, 1.0]]))
-    assert torch.allclose(cn.iou(a, b), torch.tensor([0.5, 1.0, 1.0]))
-    assert cn.iou(a[1:2], 1 - a[1:2]).item() == 0.0
+    assert torch.allclose(metrics.mask_iou(a, b), torch.tensor([0.5, 1.0, 1.0]))
+    assert metrics.mask_iou(a[1:2], 1 - a[1:2]).item() == 0.0
     for kind in ("ring", "bar", "cross", "blob"):
         mask = cn.parametric_mask(kind, thickness=2.0, tilt=30.0)
         assert mask.shape == (1, 1, 16, 16) and 4 < mask.sum() < 200, kind
 
 
 def test_adherence_runs_and_the_base_ignores_the_mask(unet):
-    images, labels = train.datasets.digits("test")
+    images, labels = datasets.digits("test")
     masks = cn.digit_masks(images[:4])
     result = cn.adherence(unet, None, masks, labels[:4], steps=3)
     assert result["samples"].shape == (4, 1, 16, 16) and 0 <= result["iou"] <= 1
@@ -202,7 +203,7 @@ def test_bad_input_is_a_clear_value_error(unet):
 
 
 def test_shipped_controlnet_loads_and_follows_the_mask_better_than_the_base():
-    manifest = train.checkpoints.read_manifest(train.checkpoints.CHECKPOINT_DIR)
+    manifest = checkpoints.read_manifest(checkpoints.CHECKPOINT_DIR)
     if "digits_controlnet" not in manifest:
         pytest.skip("digits_controlnet is not in data/checkpoints yet")
     quality = manifest["digits_controlnet"]["quality"]
@@ -210,7 +211,7 @@ def test_shipped_controlnet_loads_and_follows_the_mask_better_than_the_base():
     assert quality["distance_from_base_at_step_0"] == 0.0
     if "digits_controlnet_no_zero" in manifest:  # the ablation: random init moves the base model at step 0
         assert manifest["digits_controlnet_no_zero"]["quality"]["distance_from_base_at_step_0"] > 0.05
-    controlnet = train.load_digits_controlnet()
+    controlnet = cn.load_digits_controlnet()
     assert not any(p.requires_grad for p in controlnet.parameters())
     assert any(conv.weight.abs().max() > 0 for conv in controlnet.zero_convs)
 
@@ -222,7 +223,7 @@ def test_explorer_reacts_to_picker_and_slider_and_caches(unet):
     torch.manual_seed(0)
     controlnet = cn.ControlNet(unet, zero_init=False).eval()  # untrained but not zero: the scale visibly matters
     conditions = {"ring": cn.parametric_mask("ring"), "bar": cn.parametric_mask("bar", thickness=3)}
-    explorer = cn.ControlNetExplorer(unet, controlnet, conditions, n=2, steps=3, scales=(0.0, 1.0, 1.5))
+    explorer = widgets.ControlNetExplorer(unet, controlnet, conditions, n=2, steps=3, scales=(0.0, 1.0, 1.5))
     first = (explorer.samples_image.value, explorer.condition_image.value, explorer.readout.value)
     assert explorer.picker.value == "ring" and explorer.slider.value == 1.0 and len(explorer.latencies) == 1
     explorer.slider.value = 0.0
@@ -239,7 +240,7 @@ def test_explorer_reacts_to_picker_and_slider_and_caches(unet):
     assert (explorer.samples_image.value, explorer.condition_image.value, explorer.readout.value) == first
     assert len(explorer.latencies) == 4 and len(explorer.cache) == 4
     with pytest.raises(ValueError, match="at least one mask"):
-        cn.ControlNetExplorer(unet, controlnet, {})
+        widgets.ControlNetExplorer(unet, controlnet, {})
 
 
 # --------------------------------------------------------------------------- the checkers

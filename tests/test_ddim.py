@@ -1,7 +1,6 @@
 """DDIM (notebook 04): the step against diffusers, eta = 1 as DDPM, determinism, inversion, slerp, bad input."""
 import pytest
 import torch
-from diffusers import DDIMScheduler
 
 from course import ddim, ddpm
 from course.exercises import ExerciseFailed, check_ddim_step
@@ -10,24 +9,15 @@ from course.schedules import get_schedule
 SCHEDULE = get_schedule("linear")
 
 
-def _scheduler(steps, spacing):
-    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False,
-                              timestep_spacing=spacing, set_alpha_to_one=True)
-    scheduler.alphas_cumprod = SCHEDULE.alpha_bar.clone()
-    scheduler.final_alpha_cumprod = torch.tensor(1.0, dtype=torch.float64)
-    scheduler.set_timesteps(steps)
-    return scheduler
-
-
 @pytest.mark.parametrize("spacing", ddim.SPACINGS)
 @pytest.mark.parametrize("steps", [10, 20, 50, 100, 30])
 def test_timesteps_match_diffusers(steps, spacing):
-    assert ddim.ddim_timesteps(steps, 1000, spacing) == _scheduler(steps, spacing).timesteps.tolist()
+    assert ddim.ddim_timesteps(steps, 1000, spacing) == ddim.diffusers_scheduler(steps, spacing, SCHEDULE.alpha_bar).timesteps.tolist()
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.3, 1.0])
 def test_step_matches_diffusers_on_the_trailing_sub_sequence(eta):
-    scheduler = _scheduler(20, "trailing")
+    scheduler = ddim.diffusers_scheduler(20, "trailing", SCHEDULE.alpha_bar)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(3, 1, 16, 16, generator=gen)
     taus = scheduler.timesteps.tolist()

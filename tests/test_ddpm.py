@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
-from course import datasets, ddpm, models, train
+from course import datasets, ddpm, models
 from course.exercises import ExerciseFailed, check_ddpm_step, check_l_simple
 from course.schedules import linear_schedule
 
@@ -62,7 +62,7 @@ def test_variational_bound_is_tight_for_gaussian_data_with_the_exact_eps():
 
 
 def test_variational_bound_of_the_shipped_gaussian_mixture_model_is_above_the_entropy():
-    mixture, model = datasets.GaussianMixture2D(), train.load_toy("gaussian_mixture")
+    mixture, model = datasets.GaussianMixture2D(), models.load_toy("gaussian_mixture")
     x_0, _ = mixture.sample(500, seed=3)
     bound = ddpm.variational_bound(model, linear_schedule(), x_0, seed=0)
     assert bound["kl"].shape == (999, 500)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from course import datasets, guidance, models, train
+from course import checkpoints, datasets, guidance, models, widgets
 from course.exercises import ExerciseFailed, check_cfg_combine, check_classifier_guided_eps, check_drop_labels
 from course.schedules import linear_schedule
 
@@ -14,7 +14,7 @@ SCHEDULE = linear_schedule()
 
 @pytest.fixture(scope="module")
 def unet():
-    return train.load_digits_unet()
+    return models.load_digits_unet()
 
 
 class CountingUNet(torch.nn.Module):
@@ -75,7 +75,7 @@ def test_negative_label_replaces_the_null_label(unet):
 
 
 def test_any_digit_except_three(unet):
-    classifier = train.load_classifier()
+    classifier = models.load_classifier()
     n = 30
     sample = guidance.cfg_sampler(3.0, steps=10, negative_labels=torch.full((n,), 3), unet=unet)
     plain = guidance.cfg_sampler(0.0, steps=10, unet=unet)
@@ -113,7 +113,7 @@ def test_bayes_cfg_with_exact_scores_is_classifier_guidance_with_the_exact_class
         sigma = torch.sqrt(1 - ab)
         eps_uncond, eps_cond = -sigma * mixture.score(x, ab), -sigma * component.score(x, ab)
         xr = x.clone().requires_grad_(True)
-        log_comp, _, _ = mixture._responsibilities(xr, ab)
+        log_comp, _, _ = mixture.responsibilities(xr, ab)
         log_posterior = torch.log_softmax(log_comp, dim=1)[:, 2].sum()  # log p(c = 2 | x_t)
         grad = torch.autograd.grad(log_posterior, xr)[0]
         for w in (1.0, 4.0):
@@ -125,8 +125,8 @@ def test_bayes_cfg_with_exact_scores_is_classifier_guidance_with_the_exact_class
 
 
 def test_noisy_classifier_is_shipped_and_reads_noisy_digits():
-    classifier = train.load_noisy_classifier()
-    quality = train.checkpoints.read_manifest()["noisy_digit_classifier"]["quality"]
+    classifier = models.load_noisy_classifier()
+    quality = checkpoints.read_manifest()["noisy_digit_classifier"]["quality"]
     assert quality["test_accuracy_t0"] > 0.9 and quality["test_accuracy_t250"] > quality["test_accuracy_t999"]
     x, y = datasets.digits("test")
     with torch.no_grad():
@@ -134,7 +134,7 @@ def test_noisy_classifier_is_shipped_and_reads_noisy_digits():
 
 
 def test_classifier_guidance_steers_the_unconditional_model(unet):
-    classifier, noisy = train.load_classifier(), train.load_noisy_classifier()
+    classifier, noisy = models.load_classifier(), models.load_noisy_classifier()
     labels = torch.arange(10).repeat(2)
     with torch.no_grad():
         unguided = guidance.classifier_guided_sampler(0.0, steps=10, classifier=noisy, unet=unet)(labels, 0)
@@ -176,23 +176,23 @@ def test_bad_input_is_a_clear_error(unet):
     with pytest.raises(ValueError, match="probability"):
         guidance.drop_labels(torch.tensor([1, 2]), 1.5)
     with pytest.raises(ValueError, match="null label"):
-        guidance.classifier_log_prob_grad(train.load_noisy_classifier(), torch.randn(1, 1, 16, 16),
+        guidance.classifier_log_prob_grad(models.load_noisy_classifier(), torch.randn(1, 1, 16, 16),
                                           torch.tensor([5]), torch.tensor([models.NULL_LABEL]))
 
 
 # --------------------------------------------------------------------------- the widget
 
 def test_guidance_widget_reacts_and_caches(unet):
-    explorer = guidance.GuidanceExplorer(unet, n=4, steps=3, classifier=train.load_classifier())
+    explorer = widgets.GuidanceExplorer(unet, n=4, steps=3, classifier=models.load_classifier())
     first = explorer.image.value
     explorer.w.value = 3.0
     assert explorer.image.value != first and "w = 3" in explorer.readout.value
     assert len(explorer.samples) == 2
-    explorer.label.value = guidance.ANY  # each control change is one displayed setting: (3, any, none) ...
+    explorer.label.value = widgets.ANY  # each control change is one displayed setting: (3, any, none) ...
     explorer.negative.value = "3"  # ... then (3, any, avoid 3): "any digit except 3"
     assert explorer.key() == (3.0, models.NULL_LABEL, 3) and len(explorer.samples) == 4
     assert "avoid 3" in explorer.readout.value
-    explorer.negative.value = guidance.NONE
+    explorer.negative.value = widgets.NONE
     explorer.label.value = "3"
     seen = len(explorer.samples)
     explorer.w.value = 0.0

@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from course import datasets, ldm, plotting, train
+from course import datasets, ldm, metrics, plotting, widgets
 from course.exercises import ExerciseFailed, check_cross_attention_layer, check_reparameterize_and_kl
 from course.exercises.ldm import _cross_attention_variant
 
@@ -104,7 +104,7 @@ def test_recording_the_attention_changes_nothing_and_identity_edits_are_no_ops(t
 
 def test_explorer_reacts_to_prompt_guidance_and_token_and_caches(tiny_ldm):
     unet, vae, text_encoder = tiny_ldm
-    explorer = ldm.TextToImageExplorer(unet, vae, text_encoder, 1.0, n=2, steps=2)
+    explorer = widgets.TextToImageExplorer(unet, vae, text_encoder, 1.0, n=2, steps=2)
     first_image, first_map = explorer.samples_image.value, explorer.map_image.value
     assert "a red circle" in explorer.readout.value.replace("<bos> ", "").replace(" <eos>", "")
     explorer.token.value = 0
@@ -129,7 +129,7 @@ def test_grid_png_draws_rgb_and_grey_and_rejects_other_shapes():
 
 def test_shape_masks_find_the_shapes_of_real_images():
     data = datasets.shapes(100, seed=1)
-    assert ldm.mask_iou(ldm.shape_masks(data.images), data.masks).mean() > 0.85
+    assert metrics.mask_iou(metrics.shape_masks(data.images), data.masks).mean() > 0.85
 
 
 def test_clip_loss_is_lowest_for_a_diagonal_similarity():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from course import lora, models
+from course import lora, models, plotting, widgets
 from course.exercises import ExerciseFailed, check_lora_layer, check_merge
 
 peft = pytest.importorskip("peft", reason="peft is the reference LoRA implementation these cross-checks need")
@@ -217,7 +217,7 @@ def test_fine_tune_updates_only_the_adapter_and_is_seeded(unet):
 def test_scale_explorer_caches_each_scale_and_scale_zero_is_the_base(unet):
     adapted = lora.lora_copy(unet, r=4)
     _randomise_B(adapted)
-    explorer = lora.LoRAScaleExplorer(adapted, labels=torch.tensor([3, 7]), steps=2)
+    explorer = widgets.LoRAScaleExplorer(adapted, labels=torch.tensor([3, 7]), steps=2)
     assert explorer.slider.value == 1.0 and len(explorer.latencies) == 1
     adapted_png = explorer.image.value
     explorer.slider.value = 0.0
@@ -231,8 +231,8 @@ def test_scale_explorer_caches_each_scale_and_scale_zero_is_the_base(unet):
     assert all(layer.scale == 1.0 for layer in lora.lora_layers(adapted).values())  # the model is left as it was
     lora.merge_lora(adapted)
     with pytest.raises(ValueError, match="merged"):
-        lora.LoRAScaleExplorer(adapted, labels=torch.tensor([1]), steps=1)
-    fig = lora.before_after_figure(base, explorer.samples[0.5], labels=[3, 7])
+        widgets.LoRAScaleExplorer(adapted, labels=torch.tensor([1]), steps=1)
+    fig = plotting.before_after_figure(base, explorer.samples[0.5], labels=[3, 7])
     assert len(fig.subfigs) == 2
 
 

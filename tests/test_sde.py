@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from course import datasets, ddim, ddpm, forward, metrics, sde, train
+from course import datasets, ddim, ddpm, forward, metrics, models, sde
 from course.exercises import ExerciseFailed, check_pf_ode_drift, check_reverse_em_step
 from course.schedules import get_schedule
 
@@ -15,7 +15,7 @@ MIXTURE = datasets.GaussianMixture2D()
 
 @pytest.fixture(scope="module")
 def toy():
-    return train.load_toy("gaussian_mixture")
+    return models.load_toy("gaussian_mixture")
 
 
 # --------------------------------------------------------------------------- the SDE and its time convention
@@ -79,7 +79,7 @@ def test_conditional_score_is_the_component_score():
     s, k = 0.15, 2
     a = VP.alpha_bar(s)
     y = torch.full((40,), k)
-    class_grad = lambda x, s: sde.classifier_log_prob_grad(
+    class_grad = lambda x, s: sde.log_prob_grad(
         lambda z: sde.mixture_class_log_prob(MIXTURE, z, VP.alpha_bar(s)), x, y)
     got = sde.conditional_score(sde.mixture_score(MIXTURE, VP), class_grad, scale=1.0)(x, s)
     mean = math.sqrt(a) * torch.tensor(MIXTURE.means[k], dtype=torch.float64)

@@ -48,16 +48,16 @@ def test_unet_recipe_trains_a_step_and_its_model_has_attention_and_a_null_label(
 
 def test_loading_verifies_the_sha256_and_says_how_to_rebuild(tmp_path):
     train.run("digit_classifier", steps=2, out=tmp_path)
-    assert isinstance(train.load_classifier(tmp_path), models.DigitClassifier)
+    assert isinstance(models.load_classifier(tmp_path), models.DigitClassifier)
     path = tmp_path / "digit_classifier.safetensors"
     path.write_bytes(path.read_bytes()[:-1] + b"\0")
     with pytest.raises(checkpoints.CheckpointError, match=r"corrupt.*python -m course.train digit_classifier"):
-        train.load_classifier(tmp_path)
+        models.load_classifier(tmp_path)
     path.unlink()
     with pytest.raises(checkpoints.CheckpointError, match=r"missing.*python -m course.train digit_classifier"):
-        train.load_classifier(tmp_path)
+        models.load_classifier(tmp_path)
     with pytest.raises(checkpoints.CheckpointError, match="no manifest entry"):
-        train.load_digits_unet(tmp_path)
+        models.load_digits_unet(tmp_path)
 
 
 def test_shipped_checkpoints_match_their_manifest():

@@ -2,7 +2,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from course import datasets
+from course import datasets, models
 from course.schedules import linear_schedule
 from course.widgets import TimestepScrubber, forward_process_scrubber
 
@@ -52,7 +52,7 @@ def test_reverse_process_scrubber_runs_from_noise_to_data_for_points_and_images(
     from course import ddim, ddpm, train
     from course.widgets import reverse_process_scrubber
 
-    model = train.load_toy("swiss_roll")
+    model = models.load_toy("swiss_roll")
     _, frames = ddpm.ddpm_sample(model, linear_schedule(), (200, 2), seed=0, keep=(999, 500, 0), progress=False)
     scrubber = reverse_process_scrubber(frames)
     assert scrubber.labels == ["t = 999", "t = 500", "t = 0"] and len(set(scrubber.pngs)) == 3

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import controlnet
+from ..models import load_digits_unet
 from .core import ExerciseFailed, call_student, compare, passed
 
 
@@ -170,8 +171,6 @@ def check_add_control(student_fn) -> None:
                                            f"(mid_sample + control_mid)\nwhile checking: {case}")
         compare(name, "the middle-block output", new_mid, mid + control_mid, case, atol=1e-6, rtol=1e-6)
     # and in the real UNet: with zero control it is the base model, with a control it is the package's injection
-    from ..train import load_digits_unet
-
     unet = load_digits_unet()
     gen = torch.Generator().manual_seed(2)
     x_t, t, y = torch.randn(2, 1, 16, 16, generator=gen), torch.tensor([900, 100]), torch.tensor([3, 10])

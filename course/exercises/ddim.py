@@ -2,21 +2,10 @@
 from __future__ import annotations
 
 import torch
-from diffusers import DDIMScheduler
 
 from .. import ddim
 from ..schedules import get_schedule
 from .core import ExerciseFailed, call_student, compare, passed
-
-
-def _diffusers_ddim(steps: int) -> DDIMScheduler:
-    """DDIMScheduler with the textbook's choices: no clipping, trailing spacing, alpha_bar in float64."""
-    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False,
-                              timestep_spacing="trailing", set_alpha_to_one=True)
-    scheduler.alphas_cumprod = torch.cumprod(1 - scheduler.betas.double(), 0)
-    scheduler.final_alpha_cumprod = torch.tensor(1.0, dtype=torch.float64)
-    scheduler.set_timesteps(steps)
-    return scheduler
 
 
 def _cases(seed: int = 0):
@@ -60,7 +49,7 @@ def check_ddim_step(student_ddim_step) -> None:
         compare(name, "x_{t_prev}", got, expected, case + hint, atol=1e-5, rtol=1e-5)
     checked = len(cases)
     for steps in (10, 50):
-        scheduler = _diffusers_ddim(steps)
+        scheduler = ddim.diffusers_scheduler(steps)
         taus = scheduler.timesteps.tolist()
         for t in taus[:2] + taus[-2:]:
             t_prev = t - 1000 // steps

@@ -5,6 +5,7 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0, PAGIdentitySelfAttnProcessor2_0
 
 from .. import pag
+from ..models import load_digits_unet, sinusoidal_embedding
 from .core import ExerciseFailed, call_student, compare, passed
 
 
@@ -21,8 +22,6 @@ def _attention(seed: int, channels: int, heads: int, groups: int | None, residua
 
 
 def _psa_cases():
-    from ..train import load_digits_unet
-
     unet = load_digits_unet()
     modules = dict(unet.named_modules())
     gen = torch.Generator().manual_seed(0)
@@ -55,7 +54,7 @@ def _variants(attn, h):
         return out / attn.rescale_output_factor if rescale else out
 
     tokens = h.flatten(2).transpose(1, 2)
-    normed = pag._tokens(attn, h)
+    normed = pag.to_tokens(attn, h)
     with torch.no_grad():
         yield (AttnProcessor2_0()(attn, h.clone()),
                "this is the ordinary attention softmax(Q K^T / sqrt(d)) V. With the identity map each token attends "
@@ -109,8 +108,6 @@ class _HalfPerturbedModel(torch.nn.Module):
         self.calls = []
 
     def forward(self, x, t):
-        from ..models import sinusoidal_embedding
-
         self.calls.append(len(x))
         if len(x) % 2 or len(t) != len(x):
             raise ValueError(f"the model expects the batch [x_t, x_t] (an even batch) with one t per sample; "

@@ -1,0 +1,82 @@
+"""Notebook 08's text-to-image explorer: a prompt, a guidance scale, and where one token's cross-attention falls."""
+from __future__ import annotations
+
+import time
+import warnings
+
+import torch
+
+from ..ldm import CAPTION_WORDS, sample_with_attention, token_maps, tokens_of
+from ..plotting import grid_png
+
+
+class TextToImageExplorer:
+    """Type a prompt, pick a guidance scale and a token: samples, and where that token's cross-attention falls.
+
+    Each (prompt, w) is sampled once (``n`` samples from fixed noise, DDIM ``steps``) and kept, so going back
+    is instant; ``latencies`` records each new setting's seconds. Unknown words become <unk> (the readout says so),
+    an empty prompt means "any shape".
+    """
+
+    def __init__(self, unet, vae, text_encoder, scaling_factor: float, prompt: str = "a red circle", n: int = 4,
+                 steps: int = 20, seed: int = 0, guidance=(0.0, 1.0, 2.0, 4.0)):
+        import ipywidgets as widgets
+
+        self.unet, self.vae, self.text_encoder, self.scaling_factor = unet, vae, text_encoder, scaling_factor
+        self.n, self.steps = n, steps
+        shape = (n, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+        self.z_T = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+        self.cache, self.latencies = {}, []
+        self.prompt = widgets.Text(value=prompt, description="prompt", continuous_update=False)
+        self.guidance = widgets.SelectionSlider(options=list(guidance), value=2.0 if 2.0 in guidance else guidance[0],
+                                                description="CFG w", continuous_update=False)
+        self.token = widgets.Dropdown(description="token")
+        self.samples_image, self.map_image = widgets.Image(format="png"), widgets.Image(format="png")
+        self.readout = widgets.Label()
+        self.prompt.observe(lambda change: self.show(), names="value")
+        self.guidance.observe(lambda change: self.show(), names="value")
+        self.token.observe(lambda change: self.show_map(), names="value")
+        self.show()
+        self.widget = widgets.VBox([widgets.HBox([self.prompt, self.guidance, self.token]), self.readout,
+                                    widgets.HBox([self.samples_image, self.map_image])])
+
+    def run(self, prompt: str, w: float):
+        key = (prompt, float(w))
+        if key not in self.cache:
+            start = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                images, control = sample_with_attention(self.unet, self.vae, self.text_encoder, [prompt] * self.n,
+                                                        self.scaling_factor, w, self.steps, z_T=self.z_T)
+            self.cache[key] = (images, token_maps(control))
+            self.latencies.append(time.perf_counter() - start)
+        return self.cache[key]
+
+    def show(self):
+        prompt = self.prompt.value
+        images, _ = self.run(prompt, self.guidance.value)
+        self.samples_image.value = grid_png(images, ncols=self.n)
+        tokens = tokens_of(prompt)
+        unknown = [w for w in prompt.lower().split() if w not in CAPTION_WORDS]
+        note = f"unknown words {unknown} -> <unk>; " if unknown else ""
+        note += "empty prompt: any shape, any colour; " if not prompt.strip() else ""
+        self.readout.value = note + "tokens: " + " ".join(tokens)
+        options = [(f"{i}: {t}", i) for i, t in enumerate(tokens)]
+        if [o[1] for o in self.token.options] != [o[1] for o in options] or \
+                [o[0] for o in self.token.options] != [o[0] for o in options]:
+            self.token.options = options
+            self.token.value = len(tokens) - 2 if len(tokens) > 2 else 0
+        self.show_map()
+
+    def show_map(self):
+        if self.token.value is None:
+            return
+        _, maps = self.run(self.prompt.value, self.guidance.value)
+        token_map = maps[:, self.token.value:self.token.value + 1]
+        scaled = token_map / token_map.amax(dim=(2, 3), keepdim=True).clamp(min=1e-8)
+        self.map_image.value = grid_png(scaled * 2 - 1, ncols=self.n)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
