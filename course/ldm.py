@@ -404,17 +404,22 @@ def token_maps(control: CrossAttentionControl, size: int = 32) -> torch.Tensor:
 def text_to_image_accuracy(unet, vae, text_encoder, scaling_factor: float, w: float, per_caption: int,
                            seed: int = 0, steps: int = 20) -> dict:
     """Samples for each of the twelve captions, read back by the shipped shapes classifier."""
-    classifier = models.load_shapes_classifier()
     captions = [c for c in all_captions() for _ in range(per_caption)]
     images = text_to_image(unet, vae, text_encoder, captions, scaling_factor, w, steps, seed)
+    scores = caption_accuracy(models.load_shapes_classifier(), images, captions)
+    return {**{key: round(value, 4) for key, value in scores.items()}, "samples_scored": len(captions),
+            "ddim_steps": steps}
+
+
+@torch.no_grad()
+def caption_accuracy(classifier, images: torch.Tensor, captions) -> dict:
+    """How often the shapes classifier reads each image as its caption's shape, colour, and both."""
     shape_logits, colour_logits = classifier(images)
     want_shape = torch.tensor([datasets.SHAPE_NAMES.index(c.split()[2]) for c in captions])
     want_colour = torch.tensor([datasets.COLOUR_NAMES.index(c.split()[1]) for c in captions])
     shape_ok, colour_ok = shape_logits.argmax(1) == want_shape, colour_logits.argmax(1) == want_colour
-    return {"shape_accuracy": round(shape_ok.float().mean().item(), 4),
-            "colour_accuracy": round(colour_ok.float().mean().item(), 4),
-            "both_accuracy": round((shape_ok & colour_ok).float().mean().item(), 4),
-            "samples_scored": len(captions), "ddim_steps": steps}
+    return {"shape_accuracy": shape_ok.float().mean().item(), "colour_accuracy": colour_ok.float().mean().item(),
+            "both_accuracy": (shape_ok & colour_ok).float().mean().item()}
 
 
 # --------------------------------------------------------------------------- loaders of the shipped checkpoints
