@@ -533,3 +533,62 @@ def test_langevin_checker_names_the_usual_mistakes(kwargs, message):
 
     with pytest.raises(ExerciseFailed, match=message):
         check_langevin_step(_langevin(**kwargs))
+
+
+# notebook 06's exercise 3: CFG from one batched call
+
+def _cfg_epsilon(swap=False, second_labels="null", lam=False, calls="one", repeat_t=True, return_output=False):
+    def cfg(unet, x_t, t, labels, w):
+        null = torch.full_like(labels, 10)
+        other = {"null": null, "labels": labels}[second_labels]
+        if calls == "two":
+            eps_c = unet(x_t, t, class_labels=labels).sample
+            eps_u = unet(x_t, t, class_labels=other).sample
+        else:
+            first, second = (other, labels) if swap else (labels, other)
+            out = unet(torch.cat([x_t, x_t]), torch.cat([t, t]) if repeat_t else t,
+                       class_labels=torch.cat([first, second]))
+            if return_output:
+                return out
+            eps_c, eps_u = out.sample.chunk(2)
+            if swap:
+                eps_c, eps_u = eps_u, eps_c
+        return eps_u + w * (eps_c - eps_u) if lam else (1 + w) * eps_c - w * eps_u
+    return cfg
+
+
+def test_cfg_epsilon_checker_accepts_the_answer_the_package_and_the_lambda_form(capsys):
+    from course import guidance
+    from course.exercises import check_cfg_epsilon
+
+    check_cfg_epsilon(_cfg_epsilon())
+    check_cfg_epsilon(lambda unet, x_t, t, labels, w: guidance.cfg_eps_model(unet, labels, w)(x_t, t))
+    check_cfg_epsilon(lambda unet, x_t, t, labels, w: guidance.cfg_combine_lambda(
+        *guidance.cfg_predictions(unet, x_t, t, labels), 1 + w))
+    assert capsys.readouterr().out.count("cfg_epsilon: all 6 cases pass") == 3
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(calls="two"), r"called 2 time\(s\) with batch sizes"),
+    (dict(second_labels="labels"), "the second half got the real labels instead of NULL"),
+    (dict(lam=True), "lambda form with lambda = w"),
+    (dict(repeat_t=False), "one timestep and one label per sample"),
+    (dict(return_output=True), r"its prediction is its .sample"),
+])
+def test_cfg_epsilon_checker_names_the_usual_mistakes(kwargs, message):
+    from course.exercises import check_cfg_epsilon
+
+    with pytest.raises(ExerciseFailed, match=message):
+        check_cfg_epsilon(_cfg_epsilon(**kwargs))
+
+
+def test_cfg_epsilon_checker_catches_swapped_halves():
+    from course.exercises import check_cfg_epsilon
+
+    def swapped(unet, x_t, t, labels, w):
+        eps_u, eps_c = unet(torch.cat([x_t, x_t]), torch.cat([t, t]),
+                            class_labels=torch.cat([labels, torch.full_like(labels, 10)])).sample.chunk(2)
+        return (1 + w) * eps_c - w * eps_u  # reads the conditional half as the unconditional one
+
+    with pytest.raises(ExerciseFailed, match="the halves are swapped"):
+        check_cfg_epsilon(swapped)

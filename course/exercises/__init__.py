@@ -16,7 +16,7 @@ from .ddpm import check_ddpm_step, check_l_simple  # noqa: F401
 from .fid import check_feature_statistics, check_frechet_distance, check_stable_frechet_distance  # noqa: F401
 from .ddim import check_ddim_step  # noqa: F401
 from .pag import check_pag_epsilon, check_perturbed_self_attention  # noqa: F401
-from .guidance import check_cfg_combine, check_classifier_guided_eps, check_drop_labels  # noqa: F401
+from .guidance import check_cfg_combine, check_cfg_epsilon, check_classifier_guided_eps, check_drop_labels  # noqa: F401
 from .sde import check_langevin_step, check_pf_ode_drift, check_reverse_em_step  # noqa: F401
 from .lora import check_lora_layer, check_merge  # noqa: F401
 from .ldm import check_cross_attention_layer, check_reparameterize_and_kl  # noqa: F401

@@ -220,3 +220,91 @@ def check_drop_labels(student_drop_labels) -> None:
     _check_generator_used(name, student_drop_labels, base)
     passed(name, cases + 3, f"p_uncond = 0, 0.1, 0.15, 0.5, 1 on {n} labels: the rate within 5 sigma, only null "
                             f"labels ({null}) introduced, per class and per position, the generator used")
+
+
+# --------------------------------------------------------------------------- exercise 3 (new): CFG in one pass
+
+class _ToyConditionalUNet(torch.nn.Module):
+    """A seeded stand-in for the digits UNet: unet(x, t, class_labels=y).sample, with an output that depends on x, t
+    and the label (the null label included), and a record of every call's batch size and labels."""
+
+    def __init__(self, shape: tuple, seed: int):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        dim = int(torch.tensor(shape).prod())
+        self.weight = torch.randn(dim, dim, generator=gen) / dim ** 0.5
+        self.time = torch.randn(8, dim, generator=gen)
+        self.label = torch.randn(models.NULL_LABEL + 1, dim, generator=gen)
+        self.calls = []
+
+    def forward(self, x, t, class_labels=None):
+        from types import SimpleNamespace
+
+        self.calls.append(len(x))
+        t = torch.as_tensor(t)
+        if class_labels is None:
+            raise ValueError("the network needs class_labels=...: the labels for the conditional half and NULL "
+                             "for the unconditional half")
+        class_labels = torch.as_tensor(class_labels)
+        if t.dim() != 1 or len(t) != len(x) or class_labels.shape != (len(x),):
+            raise ValueError(f"the network takes one timestep and one label per sample: got {len(x)} samples, t of "
+                             f"shape {tuple(t.shape)} and class_labels of shape {tuple(class_labels.shape)}")
+        flat = x.flatten(1)
+        out = torch.tanh(flat @ self.weight) + models.sinusoidal_embedding(t, 8) @ self.time + \
+            self.label[class_labels.long()]
+        return SimpleNamespace(sample=out.reshape(x.shape))
+
+
+def _cfg_epsilon_cases(seed: int = 3):
+    gen = torch.Generator().manual_seed(seed)
+    cases = []
+    for w, shape in [(3.0, (4, 1, 8, 8)), (1.0, (5, 2)), (0.5, (3, 1, 4, 4)), (7.5, (2, 1, 16, 16)),
+                     (0.0, (3, 1, 4, 4)), (2.0, (1, 1, 8, 8))]:
+        t = torch.randint(0, 1000, (shape[0],), generator=gen)
+        labels = torch.randint(0, 10, (shape[0],), generator=gen)
+        cases.append((f"w = {w:g}, x_t of shape {shape}, t = {t.tolist()}, labels = {labels.tolist()}", w,
+                      torch.randn(shape, generator=gen), t, labels))
+    return cases
+
+
+def check_cfg_epsilon(student_cfg_epsilon) -> None:
+    """Check ``cfg_epsilon(unet, x_t, t, labels, w)``: (1 + w) eps(x_t, c) - w eps(x_t, null) from ONE call of
+    ``unet(x, t, class_labels=y).sample`` on a batch of 2B, against guidance.cfg_predictions and cfg_combine."""
+    name = "cfg_epsilon"
+    null = models.NULL_LABEL
+    cases = _cfg_epsilon_cases()
+    for i, (case, w, x_t, t, labels) in enumerate(cases):
+        unet = _ToyConditionalUNet(x_t.shape[1:], seed=i)
+        with torch.no_grad():
+            got = call_student(name, student_cfg_epsilon, case, unet, x_t.clone(), t.clone(), labels.clone(), w)
+        calls, batch = list(unet.calls), len(x_t)
+        if hasattr(got, "sample") and not isinstance(got, torch.Tensor):
+            raise ExerciseFailed(name, f"you returned the network's output object; its prediction is its .sample "
+                                       f"tensor\nwhile checking: {case}")
+        if calls != [2 * batch] and not (w == 0 and calls == [batch]):
+            raise ExerciseFailed(name, f"the network was called {len(calls)} time(s) with batch sizes {calls}; call "
+                                       f"it once on {2 * batch} samples: [x_t, x_t] with t repeated, [t, t], and the "
+                                       f"labels [labels, NULL, ..., NULL]\nwhile checking: {case}")
+        with torch.no_grad():
+            eps_cond, eps_uncond = guidance.cfg_predictions(unet, x_t, t, labels)
+        expected = guidance.cfg_combine(eps_cond, eps_uncond, w)
+        hint = ""
+        if isinstance(got, torch.Tensor) and got.shape == expected.shape and \
+                not torch.allclose(got, expected, atol=1e-5, rtol=1e-5):
+            with torch.no_grad():
+                all_null = unet(x_t, t, class_labels=torch.full_like(labels, null)).sample
+            for wrong, text in [
+                    ((1 + w) * eps_uncond - w * eps_cond, "the halves are swapped: with the labels [labels, NULL], "
+                     "the first half of the output is eps(x_t, c) and the second eps(x_t, null)"),
+                    (eps_uncond + w * (eps_cond - eps_uncond), "that is the lambda form with lambda = w; here w = 0 "
+                     "must give the conditional model: the weight on eps(x_t, c) is 1 + w"),
+                    (eps_cond, "this is the conditional prediction alone: combine it with the unconditional one "
+                     "(or, if you did, the second half got the real labels instead of NULL)"),
+                    (all_null, "every sample got the null label: the first half needs the real labels"),
+                    ((1 - w) * eps_cond + w * eps_uncond, "the signs are swapped: move away from eps(x_t, null), "
+                     "towards eps(x_t, c)")]:
+                if torch.allclose(got, wrong, atol=1e-5, rtol=1e-5):
+                    hint = f"\nhint: {text}"
+                    break
+        compare(name, "eps_tilde", got, expected, case + hint, t=t, atol=1e-5, rtol=1e-5)
+    passed(name, len(cases), "one batched call, w = 0 to 7.5, image and flat shapes, a batch of one")
