@@ -592,3 +592,45 @@ def test_cfg_epsilon_checker_catches_swapped_halves():
 
     with pytest.raises(ExerciseFailed, match="the halves are swapped"):
         check_cfg_epsilon(swapped)
+
+
+# notebook 07's exercise 1, written from diffusers' AttnProcessor2_0: mistakes of reading the source
+
+def _psa_from_source(merge_back=True, use_to_v=True, residual_before_rescale=True, split_heads=True):
+    def psa(attn, hidden_states):
+        residual = hidden_states
+        batch, channel, height, width = hidden_states.shape
+        h = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        if attn.group_norm is not None:
+            h = attn.group_norm(h.transpose(1, 2)).transpose(1, 2)
+        value = attn.to_v(h) if use_to_v else h
+        if split_heads:
+            head_dim = value.shape[-1] // attn.heads
+            value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)  # A = I: each head's output is V
+            value = (value.transpose(1, 2) if merge_back else value).reshape(batch, -1, attn.heads * head_dim)
+        out = attn.to_out[1](attn.to_out[0](value)).transpose(-1, -2).reshape(batch, channel, height, width)
+        if residual_before_rescale:
+            return (out + residual if attn.residual_connection else out) / attn.rescale_output_factor
+        out = out / attn.rescale_output_factor
+        return out + residual if attn.residual_connection else out
+    return psa
+
+
+def test_psa_from_the_source_passes_with_or_without_the_head_split(capsys):
+    from course.exercises import check_perturbed_self_attention
+
+    check_perturbed_self_attention(_psa_from_source())
+    check_perturbed_self_attention(_psa_from_source(split_heads=False))
+    assert capsys.readouterr().out.count("perturbed_self_attention: all 4 cases pass") == 2
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(merge_back=False), "merged without transposing back"),
+    (dict(use_to_v=False), "not the tokens themselves"),
+    (dict(residual_before_rescale=False), "add the residual first"),
+])
+def test_psa_from_the_source_mistakes_are_named(kwargs, message):
+    from course.exercises import check_perturbed_self_attention
+
+    with pytest.raises(ExerciseFailed, match=message):
+        check_perturbed_self_attention(_psa_from_source(**kwargs))

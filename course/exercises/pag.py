@@ -74,6 +74,21 @@ def _variants(attn, h):
             yield (finish(attn.to_v(normed), rescale=False),
                    "divide the result by attn.rescale_output_factor (it is "
                    f"{attn.rescale_output_factor:g} here)")
+            if attn.residual_connection:
+                yield (finish(attn.to_v(normed), residual=False) + h,
+                       "add the residual first, then divide the sum by attn.rescale_output_factor (the source's "
+                       "order)")
+        if tuple(normed.shape[-1:]) == tuple(attn.to_out[0].weight.shape[-1:]):
+            yield (finish(normed),
+                   "with A = I the output is V = attn.to_v(tokens), not the tokens themselves: keep to_v")
+        if attn.heads > 1:
+            value = attn.to_v(normed)
+            batch, tokens_n, inner = value.shape
+            heads = value.view(batch, -1, attn.heads, inner // attn.heads).transpose(1, 2)
+            yield (finish(heads.reshape(batch, tokens_n, inner)),
+                   "the heads are merged without transposing back: (B, heads, N, d) must become (B, N, heads, d) "
+                   "before the reshape to (B, N, heads * d), as in the source; or skip the split and the merge, "
+                   "which cancel when A = I")
 
 
 def check_perturbed_self_attention(student_fn) -> None:
