@@ -137,7 +137,7 @@ def train_unet(recipe: Recipe, steps: int):
         y[torch.rand(len(y), generator=gen) < recipe.options["label_dropout"]] = models.NULL_LABEL
         return ddpm.random_l_simple(lambda x, t: model(x, t, class_labels=y).sample, schedule, images[idx], gen)
 
-    final_loss = _fit(recipe, steps, model.parameters(), batch_loss, lr_lr_schedule="onecycle",
+    final_loss = _fit(recipe, steps, model.parameters(), batch_loss, lr_schedule="onecycle",
                       after_step=lambda step: fitting.ema_update(ema, model, fitting.ema_decay(step, recipe.options["ema"])))
     return ema, final_loss, unet_class_accuracy(ema, recipe.options["eval_per_class"], recipe.seed)
 
@@ -188,7 +188,7 @@ def train_noisy_classifier(recipe: Recipe, steps: int):
         x_t = forward.q_sample(schedule, x_0, t, torch.randn(x_0.shape, generator=gen))
         return F.cross_entropy(model(x_t, t), labels[idx])
 
-    final_loss = _fit(recipe, steps, model.parameters(), batch_loss, weight_decay=1e-4, lr_lr_schedule="cosine")
+    final_loss = _fit(recipe, steps, model.parameters(), batch_loss, weight_decay=1e-4, lr_schedule="cosine")
     model.eval()
     return model, final_loss, noisy_accuracy(model, schedule, recipe.options["eval_t"], recipe.seed)
 
