@@ -126,7 +126,7 @@ def code_of(path: Path) -> str:
 
 
 PRIVATE_USE = re.compile(r"\b(?:course\.)?(?:[a-z_]+\.)*(?:attention|checkpoints|controlnet|cn|datasets|ddim|ddpm|"
-                         r"fid|fitting|forward|guidance|ldm|lora|metrics|models|pag|plotting|results|schedules|sde|"
+                         r"fid|fitting|forward|guidance|ldm|lora|metrics|models|pag|plotting|prompt_to_prompt|results|schedules|sde|"
                          r"seq2seq|train|validate|widgets|mixture)\._[a-z]\w*")
 
 

@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from course import datasets, ldm, metrics, plotting, widgets
+from course import datasets, ldm, metrics, plotting, prompt_to_prompt, widgets
 from course.exercises import ExerciseFailed, check_cross_attention_layer, check_reparameterize_and_kl
 from course.exercises.ldm import _cross_attention_variant
 
@@ -82,23 +82,23 @@ def test_recording_the_attention_changes_nothing_and_identity_edits_are_no_ops(t
     unet, vae, text_encoder = tiny_ldm
     prompts = ["a red circle", "a red circle"]
     plain = ldm.text_to_image(unet, vae, text_encoder, prompts[:1], 1.0, w=2.0, steps=3, seed=0)
-    recorded, control = ldm.sample_with_attention(unet, vae, text_encoder, prompts[:1], 1.0, w=2.0, steps=3, seed=0)
+    recorded, control = prompt_to_prompt.sample_with_attention(unet, vae, text_encoder, prompts[:1], 1.0, w=2.0, steps=3, seed=0)
     assert torch.allclose(plain, recorded, atol=1e-4)
-    assert len(control.maps) == len(ldm.cross_attention_layers(unet)) == 7
+    assert len(control.maps) == len(prompt_to_prompt.cross_attention_layers(unet)) == 7
     first = next(iter(control.maps.values()))
     assert len(first) == 3 and torch.allclose(first[0].sum(-1), torch.ones(1, 64), atol=1e-5)  # softmax over tokens
-    ones, _ = ldm.sample_with_attention(unet, vae, text_encoder, prompts[:1], 1.0, steps=3,
+    ones, _ = prompt_to_prompt.sample_with_attention(unet, vae, text_encoder, prompts[:1], 1.0, steps=3,
                                         token_weights={0: torch.ones(ldm.MAX_TOKENS)})
     assert torch.allclose(ones, recorded, atol=1e-4)
-    same, _ = ldm.sample_with_attention(unet, vae, text_encoder, prompts, 1.0, steps=3, inject={1: 0})
+    same, _ = prompt_to_prompt.sample_with_attention(unet, vae, text_encoder, prompts, 1.0, steps=3, inject={1: 0})
     assert torch.allclose(same[0], same[1], atol=1e-4)
     # a real edit changes the image, and the processors are restored afterwards
-    swapped, _ = ldm.sample_with_attention(unet, vae, text_encoder, ["a red circle", "a blue square"], 1.0, steps=3,
+    swapped, _ = prompt_to_prompt.sample_with_attention(unet, vae, text_encoder, ["a red circle", "a blue square"], 1.0, steps=3,
                                            inject={1: 0})
-    free, _ = ldm.sample_with_attention(unet, vae, text_encoder, ["a red circle", "a blue square"], 1.0, steps=3)
+    free, _ = prompt_to_prompt.sample_with_attention(unet, vae, text_encoder, ["a red circle", "a blue square"], 1.0, steps=3)
     assert not torch.allclose(swapped[1], free[1], atol=1e-4)
-    assert not any(type(m.processor).__name__.startswith("_Controlled") for m in ldm.cross_attention_layers(unet).values())
-    maps = ldm.token_maps(control)
+    assert not any(type(m.processor).__name__.startswith("_Controlled") for m in prompt_to_prompt.cross_attention_layers(unet).values())
+    maps = prompt_to_prompt.token_maps(control)
     assert maps.shape == (1, ldm.MAX_TOKENS, 32, 32)
 
 

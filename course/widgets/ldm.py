@@ -6,7 +6,8 @@ import warnings
 
 import torch
 
-from ..ldm import CAPTION_WORDS, sample_with_attention, token_maps, tokens_of
+from ..ldm import CAPTION_WORDS, tokens_of
+from ..prompt_to_prompt import sample_with_attention, token_maps
 from ..plotting import grid_png
 
 
