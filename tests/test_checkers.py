@@ -537,7 +537,7 @@ def test_langevin_checker_names_the_usual_mistakes(kwargs, message):
 
 # notebook 06's exercise 3: CFG from one batched call
 
-def _cfg_epsilon(swap=False, second_labels="null", lam=False, calls="one", repeat_t=True, return_output=False):
+def _cfg_epsilon(second_labels="null", lam=False, calls="one", repeat_t=True, return_output=False):
     def cfg(unet, x_t, t, labels, w):
         null = torch.full_like(labels, 10)
         other = {"null": null, "labels": labels}[second_labels]
@@ -545,14 +545,11 @@ def _cfg_epsilon(swap=False, second_labels="null", lam=False, calls="one", repea
             eps_c = unet(x_t, t, class_labels=labels).sample
             eps_u = unet(x_t, t, class_labels=other).sample
         else:
-            first, second = (other, labels) if swap else (labels, other)
             out = unet(torch.cat([x_t, x_t]), torch.cat([t, t]) if repeat_t else t,
-                       class_labels=torch.cat([first, second]))
+                       class_labels=torch.cat([labels, other]))
             if return_output:
                 return out
             eps_c, eps_u = out.sample.chunk(2)
-            if swap:
-                eps_c, eps_u = eps_u, eps_c
         return eps_u + w * (eps_c - eps_u) if lam else (1 + w) * eps_c - w * eps_u
     return cfg
 
