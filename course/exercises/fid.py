@@ -1,4 +1,5 @@
-"""Checkers for notebook 11: the feature statistics and the Fréchet distance."""
+"""Checkers for notebook 11: the feature statistics and the Fréchet distance (in its stable symmetric form for the
+notebook's exercise; check_frechet_distance, the sqrtm version, stays for the earlier exercise)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
-"""Checkers for notebook 06: the CFG combination, the classifier-guided eps, and label dropout for CFG training."""
+"""Checkers for notebook 06: the classifier-guided eps, label dropout for CFG training, and the CFG prediction from one
+batched call (cfg_epsilon; check_cfg_combine stays for the earlier one-line version of that exercise)."""
 from __future__ import annotations
 
 import math

@@ -1,6 +1,7 @@
-"""Checkers for notebook 05: the reverse-SDE Euler-Maruyama step and the probability-flow ODE drift (VP SDE).
+"""Checkers for notebook 05: the reverse-SDE Euler-Maruyama step and the Langevin corrector step (VP SDE); the
+probability-flow ODE drift's checker stays for the earlier version of the exercise.
 
-Song et al. 2021: reverse-time SDE (eq. 6), VP SDE (eq. 11), probability-flow ODE (eq. 13).
+Song et al. 2021: reverse-time SDE (eq. 6), VP SDE (eq. 11), probability-flow ODE (eq. 13), corrector (Algorithm 5).
 """
 from __future__ import annotations
 
