@@ -154,10 +154,11 @@ def sample_in_batches(eps_model_for: Callable, labels: torch.Tensor, schedule: N
         x_T = torch.randn((len(labels), *image_shape), generator=torch.Generator().manual_seed(seed))
     out = []
     starts = range(0, len(labels), batch_size)
-    for start in tqdm(starts, desc=f"sampling {len(labels)}", disable=not progress or len(starts) < 2, leave=False):
+    one_batch = len(starts) < 2  # the progress bar: DDIM's steps for one batch, else the batches
+    for start in tqdm(starts, desc=f"sampling {len(labels)}", disable=not progress or one_batch, leave=False):
         part = slice(start, start + batch_size)
         x, _ = ddim_sample(eps_model_for(labels[part]), schedule, tuple(x_T[part].shape), steps=steps, eta=eta,
-                           seed=seed + start, x_T=x_T[part], progress=False)
+                           seed=seed + start, x_T=x_T[part], progress=progress and one_batch)
         out.append(x.clamp(-1, 1))
     return torch.cat(out)
 

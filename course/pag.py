@@ -12,7 +12,11 @@ special case where the perturbation drops the class label instead.
 
 Like diffusers' ``PAGIdentitySelfAttnProcessor2_0``, the processor here works on a batch that holds the plain and
 the perturbed inputs side by side: the last of ``chunks`` equal chunks is perturbed, the others take the ordinary
-path, so eps and eps_hat come out of one forward pass (two chunks for PAG, three for PAG + CFG).
+path, so eps and eps_hat come out of one forward pass (two chunks for PAG, three for PAG + CFG). It serves
+UNet2DModel's attention blocks (feature maps (B, C, H, W)) and the self-attention ``attn1`` of diffusers'
+transformer blocks (tokens (B, N, C)) alike. Layers are chosen by exact module path (or, on the digits UNet, by the
+short names of ``LAYERS``): unlike a pattern such as diffusers' ``pag_applied_layers="blocks.1"``, which also
+matches ``blocks.10``, a name here means one module.
 """
 from __future__ import annotations
 
@@ -41,9 +45,18 @@ ATTENTION_STRATEGIES = STRATEGIES[:3]  # the ones that replace a self-attention 
 # --------------------------------------------------------------------------- self-attention, plain and perturbed
 
 def to_tokens(attn, hidden_states: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) feature map -> (B, HW, C) tokens, group-normalised as the attention block does first."""
-    batch, channels, height, width = hidden_states.shape
-    tokens = hidden_states.view(batch, channels, height * width).transpose(1, 2)
+    """(B, C, H, W) feature map -> (B, HW, C) tokens, group-normalised as the attention block does first.
+
+    Tokens (B, N, C), the input of a transformer block's ``attn1``, pass through as they are (group norm if any).
+    """
+    if hidden_states.dim() == 3:
+        tokens = hidden_states
+    elif hidden_states.dim() == 4:
+        batch, channels, height, width = hidden_states.shape
+        tokens = hidden_states.view(batch, channels, height * width).transpose(1, 2)
+    else:
+        raise ValueError(f"self-attention input must be a feature map (B, C, H, W) or tokens (B, N, C), "
+                         f"got shape {tuple(hidden_states.shape)}")
     if attn.group_norm is not None:
         tokens = attn.group_norm(tokens.transpose(1, 2)).transpose(1, 2)
     return tokens
@@ -78,19 +91,22 @@ def attention_output(attn, tokens: torch.Tensor, strategy: str | None = None, v_
 
 
 def finish_attention(attn, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """Output projection (linear, dropout), back to (B, C, H, W), residual and rescale, as AttnProcessor2_0."""
+    """Output projection (linear, dropout), back to the input's layout ((B, C, H, W) or (B, N, C)), residual and
+    rescale, as AttnProcessor2_0."""
     out = attn.to_out[1](attn.to_out[0](out))
-    out = out.transpose(1, 2).reshape(residual.shape)
+    if residual.dim() == 4:
+        out = out.transpose(1, 2).reshape(residual.shape)
     if attn.residual_connection:
         out = out + residual
     return out / attn.rescale_output_factor
 
 
 def self_attention_block(attn, hidden_states: torch.Tensor, strategy: str | None = None, **kwargs) -> torch.Tensor:
-    """What a self-attention processor returns for feature maps (B, C, H, W): diffusers' ``AttnProcessor2_0``
+    """What a self-attention processor returns for (B, C, H, W) maps or (B, N, C) tokens: diffusers' ``AttnProcessor2_0``
     when strategy is None, its perturbed version otherwise (``PAGIdentitySelfAttnProcessor2_0``'s perturbed half
     for "identity")."""
-    return finish_attention(attn, attention_output(attn, to_tokens(attn, hidden_states), strategy, **kwargs), hidden_states)
+    out = attention_output(attn, to_tokens(attn, hidden_states), strategy, **kwargs)
+    return finish_attention(attn, out, hidden_states)
 
 
 class PerturbedSelfAttnProcessor:
@@ -110,8 +126,11 @@ class PerturbedSelfAttnProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  *args, **kwargs):
-        if encoder_hidden_states is not None or attention_mask is not None or hidden_states.dim() != 4:
-            raise ValueError("PerturbedSelfAttnProcessor handles unmasked self-attention on (B, C, H, W) maps")
+        if encoder_hidden_states is not None or attention_mask is not None or hidden_states.dim() not in (3, 4):
+            raise ValueError("PerturbedSelfAttnProcessor handles unmasked self-attention on (B, C, H, W) maps or "
+                             "(B, N, C) tokens (a transformer block's attn1), not cross-attention")
+        if getattr(attn, "spatial_norm", None) is not None or getattr(attn, "norm_q", None) is not None:
+            raise ValueError("PerturbedSelfAttnProcessor does not implement spatial_norm or norm_q / norm_k")
         batch = hidden_states.shape[0]
         if batch % self.chunks:
             raise ValueError(f"the batch ({batch}) must split into chunks = {self.chunks} equal parts: "
@@ -123,15 +142,34 @@ class PerturbedSelfAttnProcessor:
         return torch.cat(outputs)
 
 
+def self_attention_paths(model) -> list[str]:
+    """The exact module paths of a diffusers model's self-attention layers: its ``Attention`` modules that are not
+    cross-attention (UNet2DModel's attention blocks; a transformer block's ``attn1``, not its ``attn2``)."""
+    return [path for path, module in model.named_modules()
+            if hasattr(module, "to_q") and hasattr(module, "set_processor")
+            and not getattr(module, "is_cross_attention", False)]
+
+
 def attention_modules(unet, layers=DEFAULT_LAYERS) -> dict:
-    """{module path: diffusers Attention} for the named self-attention layers ("down.4x4", "mid", "up.4x4")."""
+    """{module path: diffusers Attention} for the chosen self-attention layers, each matched exactly.
+
+    ``layers``: the digits UNet's short names ("down.4x4", "mid", "up.4x4", see ``LAYERS``) and/or exact module
+    paths from ``self_attention_paths(model)``, e.g. "down_blocks.1.attentions.0.transformer_blocks.0.attn1".
+    A path names one module: "blocks.1" is not "blocks.10".
+    """
     if isinstance(layers, str):
         layers = (layers,)
-    unknown = [name for name in layers if name not in LAYERS]
-    if unknown:
-        raise ValueError(f"unknown layer {unknown[0]!r}; the digits UNet's self-attention layers are {list(LAYERS)}")
     modules = dict(unet.named_modules())
-    return {path: modules[path] for name in layers for path in LAYERS[name]}
+    allowed = self_attention_paths(unet)
+    found = {}
+    for name in layers:
+        paths = LAYERS[name] if name in LAYERS and all(p in modules for p in LAYERS[name]) else (name,)
+        for path in paths:
+            if path not in allowed:
+                raise ValueError(f"unknown layer {name!r}: not a self-attention layer of this model (the digits "
+                                 f"UNet's names are {list(LAYERS)}; exact paths: {allowed})")
+            found[path] = modules[path]
+    return found
 
 
 @contextmanager
