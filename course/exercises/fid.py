@@ -61,10 +61,8 @@ def _gaussian_case(rng, d, condition):
     return rng.standard_normal(d), (q * np.geomspace(1.0, 1.0 / condition, d)) @ q.T
 
 
-def check_frechet_distance(student_fn) -> None:
-    """Check ``frechet_distance(mu_1, sigma_1, mu_2, sigma_2) -> float`` against scipy's sqrtm and the stable form."""
-    name = "frechet_distance"
-    rng = np.random.default_rng(1)
+def _frechet_cases(rng) -> list:
+    """Random Gaussians (D = 1 to 64), identical statistics, equal covariances, and a singular covariance."""
     cases = []
     for d, condition in [(1, 1.0), (4, 5.0), (16, 50.0), (64, 10.0)]:
         (mu_1, s_1), (mu_2, s_2) = _gaussian_case(rng, d, condition), _gaussian_case(rng, d, condition)
@@ -73,6 +71,14 @@ def check_frechet_distance(student_fn) -> None:
     cases.append(("identical statistics (the answer is 0)", mu, s, mu.copy(), s.copy()))
     cases.append(("equal covariances, different means (the answer is ||mu_1 - mu_2||^2)", mu, s, mu + 0.5, s.copy()))
     cases.append(_rank_deficient_case(rng))
+    return cases
+
+
+def check_frechet_distance(student_fn) -> None:
+    """Check ``frechet_distance(mu_1, sigma_1, mu_2, sigma_2) -> float`` against scipy's sqrtm and the stable form."""
+    name = "frechet_distance"
+    rng = np.random.default_rng(1)
+    cases = _frechet_cases(rng)
     for case, mu_1, s_1, mu_2, s_2 in cases:
         got = call_student(name, student_fn, case, mu_1.copy(), s_1.copy(), mu_2.copy(), s_2.copy())
         if isinstance(got, (np.ndarray, torch.Tensor)) and np.size(got) == 1:
@@ -168,14 +174,7 @@ def check_stable_frechet_distance(student_fn) -> None:
 
     name = "stable_frechet_distance"
     rng = np.random.default_rng(2)
-    cases = []
-    for d, condition in [(1, 1.0), (4, 5.0), (16, 50.0), (64, 10.0)]:
-        (mu_1, s_1), (mu_2, s_2) = _gaussian_case(rng, d, condition), _gaussian_case(rng, d, condition)
-        cases.append((f"D = {d}, two random Gaussians", mu_1, s_1, mu_2, s_2))
-    mu, s = _gaussian_case(rng, 8, 3.0)
-    cases.append(("identical statistics (the answer is 0)", mu, s, mu.copy(), s.copy()))
-    cases.append(("equal covariances, different means (the answer is ||mu_1 - mu_2||^2)", mu, s, mu + 0.5, s.copy()))
-    cases.append(_rank_deficient_case(rng))
+    cases = _frechet_cases(rng)
     case, mu_1, s_1, mu_2, s_2 = _rank_deficient_case(rng)
     cases.append(("the same, with the singular covariance second", mu_2, s_2, mu_1, s_1))
     for case, mu_1, s_1, mu_2, s_2 in cases:
