@@ -11,8 +11,12 @@ NO_BROWSER ?=
 LAB_TOKEN ?=
 KERNEL_NAME ?= diffusion-workbook
 NB ?=
+DIR ?=
+OUT ?=
+JOBS ?=
+TIMEOUT ?= 120
 
-.PHONY: lab test venv kernel release grade checkpoints bench clean help
+.PHONY: lab test venv kernel release grade grade-all checkpoints bench clean help
 
 help:
 	@echo "make lab      set up .venv, register the kernel, start JupyterLab on notebooks/00_start_here.ipynb"
@@ -20,6 +24,8 @@ help:
 	@echo "make test     set up .venv and run unit tests, nbval on every notebook, release and grading tests"
 	@echo "make release  write student notebooks (solutions removed, outputs cleared) to release/"
 	@echo "make grade NB=release/02_forward_reverse.ipynb   grade one student notebook"
+	@echo "make grade-all DIR=submissions/   grade a class (one sub-folder per student): gradebook.csv, reports,"
+	@echo "              feedback (OUT=dir for them, JOBS=cores, TIMEOUT=120 s per cell)"
 	@echo "make checkpoints  retrain every shipped checkpoint from its recipe (slow: run it in the background)"
 	@echo "make bench    run benchmarks/*.py: tables printed, figures saved in benchmarks/results/"
 
@@ -49,7 +55,11 @@ release: venv
 
 grade: venv
 	@test -n "$(NB)" || (echo "usage: make grade NB=path/to/student_notebook.ipynb" && exit 2)
-	$(PY) -m course.grading grade $(NB)
+	$(PY) -m course.grading grade $(NB) --timeout $(TIMEOUT)
+
+grade-all: venv
+	@test -n "$(DIR)" || (echo "usage: make grade-all DIR=submissions/ [OUT=grades/] [JOBS=n] [TIMEOUT=120]" && exit 2)
+	$(PY) -m course.grading grade-all $(DIR) --timeout $(TIMEOUT) $(if $(OUT),--out $(OUT)) $(if $(JOBS),--jobs $(JOBS))
 
 checkpoints: venv
 	$(PY) -m course.train all

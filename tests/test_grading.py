@@ -34,12 +34,54 @@ def test_strip_solution_keeps_indentation_and_rejects_broken_markers():
         grading.strip_solution("### BEGIN SOLUTION\nx = 1\n")
 
 
+def test_strip_hidden_tests_removes_the_block_and_its_markers():
+    src = f"check(f)\n{grading.HIDDEN_BEGIN}\nassert f(2) == 4\n{grading.HIDDEN_END}\nprint('done')"
+    assert grading.strip_hidden_tests(src) == "check(f)\nprint('done')"
+    with pytest.raises(ValueError, match="without"):
+        grading.strip_hidden_tests(f"{grading.HIDDEN_BEGIN}\nassert True")
+
+
+def test_a_notebook_has_a_real_hidden_test():
+    hidden = [c for p in GRADED for c in grading.check_cells(read(p)) if grading.has_hidden_tests(c.source)]
+    assert hidden, "no check cell holds hidden tests"
+    assert all(re.search(r"compare\(|assert ", c.source.split(grading.HIDDEN_BEGIN)[1]) for c in hidden)
+
+
+def test_every_checker_has_its_reference_registered():
+    import course.exercises as ex
+    from course.grading import references
+
+    registry = references.registry()
+    checkers = {getattr(ex, n) for n in dir(ex) if n.startswith("check_")}
+    assert checkers <= set(registry), sorted(c.__name__ for c in checkers - set(registry))
+    for checker, refs in registry.items():
+        assert refs and all(references.code_objects(r) for r in refs), checker.__name__
+
+
+def test_plan_counts_each_instructor_check_once_at_its_points():
+    instructor = read(next(p for p in GRADED if p.name.startswith("02")))
+    student = grading.release_notebook(instructor)
+    check = next(c for c in student.cells if grading.is_check_cell(c))
+    copies = [nbformat.from_dict(json.loads(json.dumps(check))) for _ in range(3)]
+    for copy in copies:
+        copy.metadata["nbgrader"]["points"] = 50
+    forged = nbformat.from_dict(json.loads(json.dumps(check)))
+    forged.metadata["nbgrader"]["grade_id"] = "check_bonus"
+    at = student.cells.index(check)
+    student.cells[at + 1:at + 1] = copies + [forged]
+    cells, checks = grading.grading_plan(student, instructor)
+    assert [c.grade_id for c in checks] == [grading._meta(c)["grade_id"] for c in grading.check_cells(instructor)]
+    assert [c.points for c in checks] == [float(grading._meta(c)["points"]) for c in grading.check_cells(instructor)]
+    assert sum(c.source == check.source for c in cells) == 1  # the forged cell runs as plain code; copies do not
+    assert all(grading.HIDDEN_BEGIN not in c.source for c in cells)
+
+
 def test_every_exercise_has_a_check_and_points():
     assert GRADED, "no notebook has graded exercises"
     for path in GRADED:
         nb = read(path)
         exercises = {grading._meta(c)["grade_id"] for c in nb.cells if grading.is_solution_cell(c)}
-        checked = {grading._meta(c)["exercise"] for c in grading.check_cells(nb)}
+        checked = {grading.exercise_of(c) for c in grading.check_cells(nb)}
         assert exercises == checked, path.name
         assert all(grading._meta(c)["points"] > 0 for c in grading.check_cells(nb))
 
@@ -59,6 +101,7 @@ def test_release_removes_every_solution_and_output(released):
         for line in solution_lines(read(path)):
             assert line not in text, f"{path.name} leaks solution line {line!r}"
         assert not any(grading.has_solution_block(c.source) for c in nb.cells)
+        assert grading.HIDDEN_BEGIN not in text and "hidden test" not in text
         assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
 
 
@@ -143,7 +186,7 @@ def _tiny_course(tmp_path, answer_source):
     def check(grade_id, call, points):
         cell = new_code_cell(f"assert {call}, 'wrong'")
         cell.metadata["nbgrader"] = {"grade": True, "solution": False, "grade_id": f"check_{grade_id}",
-                                     "exercise": grade_id, "points": points}
+                                     "points": points}
         return cell
 
     instructor = new_notebook(cells=[exercise("double", "return 2 * x"), check("double", "double(3) == 6", 2),

@@ -256,7 +256,8 @@ class GraderBroken(RuntimeError):
     """The grading environment itself failed (the guard did not install): no student is to blame."""
 
 
-async def _run_kernel(sources: list[str], cwd: Path, timeout: int, memory_limit_bytes: int | None) -> dict:
+async def _run_kernel(sources: list[str], cwd: Path, timeout: int, memory_limit_bytes: int | None,
+                      checkers: bool = True) -> dict:
     """Run the bootstrap, then sources, in one fresh kernel; stop at a death or a hang.
 
     Returns {"cells": executed cells, "replies": {index: execute_reply}, "elapsed": {index: s},
@@ -266,7 +267,7 @@ async def _run_kernel(sources: list[str], cwd: Path, timeout: int, memory_limit_
     from nbclient.exceptions import DeadKernelError
     from nbformat.v4 import new_code_cell, new_notebook
 
-    nb = new_notebook(cells=[new_code_cell(guard.bootstrap_source(memory_limit_bytes))]
+    nb = new_notebook(cells=[new_code_cell(guard.bootstrap_source(memory_limit_bytes, checkers))]
                       + [new_code_cell(s) for s in sources])
     nb.cells[0].metadata["grader_bootstrap"] = True
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -315,13 +316,14 @@ async def _grade_check(check: _Check, cells: list[_Cell], skip: dict, cwd: Path,
     def zero(status, message, output=""):
         return ExerciseScore(check.grade_id, 0.0, check.points, status, message, output)
 
+    uses_checkers = "course" in check.source
     while True:
         kept = [k for k in range(check.position) if k not in skip]
         prefix = [cells[k] for k in kept]
         nonce = secrets.token_hex(16)
         sources = [c.source for c in prefix] + [guard.check_source(nonce, check.grade_id, check.source)]
         async with slots:
-            run = await _run_kernel(sources, cwd, timeout, memory_limit_bytes)
+            run = await _run_kernel(sources, cwd, timeout, memory_limit_bytes, uses_checkers)
         replies, last = run["replies"], len(sources)
         if run["died_at"] == 0 or (0 in replies and replies[0]["content"]["status"] != "ok"):
             raise GraderBroken(f"the grading guard did not start in the kernel: "

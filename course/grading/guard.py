@@ -78,10 +78,10 @@ def _snapshot() -> tuple[dict, dict]:
             snap[(mod_name, name)] = (value, _function_print(value) if isinstance(value, types.FunctionType) else None)
             if isinstance(value, type) and (ours and getattr(value, "__module__", "").startswith("course")):
                 classes[f"{value.__module__}.{value.__qualname__}"] = value
-    import torch
-
-    classes["torch.Tensor"] = torch.Tensor
-    classes["torch.nn.Module"] = torch.nn.Module
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        classes["torch.Tensor"] = torch.Tensor
+        classes["torch.nn.Module"] = torch.nn.Module
     for cls_name, cls in classes.items():
         for name, value in list(vars(cls).items()):
             if _tracked(value):
@@ -132,12 +132,29 @@ def _trusted_prefixes() -> tuple[str, ...]:
     return tuple(sorted(paths))
 
 
-def install(memory_limit_bytes: int | None = None) -> None:
-    """Fingerprint the grading machinery; called once per kernel, before any student code."""
+class _PlainFailure(Exception):
+    def __init__(self, exercise, message):
+        super().__init__(f"{exercise}: {message}")
+
+
+def install(memory_limit_bytes: int | None = None, checkers: bool = True) -> None:
+    """Fingerprint the grading machinery; called once per kernel, before any student code.
+
+    checkers=False (a check that calls no course checker, e.g. a plain assert) skips importing the checkers,
+    torch and the reference registry, and fingerprints only what is loaded.
+    """
     if memory_limit_bytes:
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
+    if not checkers:
+        _STATE.clear()
+        _STATE.update(checkers={}, ExerciseFailed=_PlainFailure, trusted=_trusted_prefixes(),
+                      call_student_code=None, setprofile=sys.setprofile, getprofile=sys.getprofile,
+                      profile_funcs={sys.setprofile, sys.settrace, threading.setprofile, threading.settrace},
+                      modules={n: sys.modules[n] for n in sys.modules if n == "course" or n.startswith("course.")})
+        _STATE["snapshot"], _STATE["classes"] = _snapshot()
+        return
     import numpy  # noqa: F401
     import scipy.linalg  # noqa: F401
     import torch  # noqa: F401
@@ -289,10 +306,13 @@ def run_check(nonce: str, grade_id: str, source: str) -> None:
     code = compile(source, f"{CHECK_FILENAME}:{grade_id}", "exec")
     watch = _Watch(ref_codes)
     previous = _STATE["getprofile"]()
+    failure = None
     _STATE["setprofile"](watch)
     threading.setprofile(watch)
     try:
         exec(code, namespace)
+    except BaseException as err:  # noqa: BLE001 - judged below, after the machinery is checked
+        failure = err
     finally:
         still_ours = _STATE["getprofile"]() is watch
         _STATE["setprofile"](previous)
@@ -301,16 +321,18 @@ def run_check(nonce: str, grade_id: str, source: str) -> None:
         watch.tampered.append("the grader's call watch was removed while the check ran")
     found = changes() + watch.tampered
     if found:
-        raise GradingTampered(found)
+        raise GradingTampered(found) from None
     if watch.hits:
-        raise ExerciseFailed(exercise, _own_code_message(names, watch.hits))
+        raise ExerciseFailed(exercise, _own_code_message(names, watch.hits)) from None
+    if failure is not None:
+        raise failure
     display({RESULT_MIME: {"nonce": nonce, "grade_id": grade_id, "passed": True}}, raw=True)
 
 
-def bootstrap_source(memory_limit_bytes: int | None) -> str:
+def bootstrap_source(memory_limit_bytes: int | None, checkers: bool = True) -> str:
     """The first cell the grader runs in every kernel."""
     return ("import course.grading.guard as _course_grading_guard\n"
-            f"_course_grading_guard.install({memory_limit_bytes!r})\n"
+            f"_course_grading_guard.install({memory_limit_bytes!r}, checkers={checkers!r})\n"
             "del _course_grading_guard\n")
 
 

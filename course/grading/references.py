@@ -32,7 +32,7 @@ def registry() -> dict:
 
     ddpm = _module("course.ddpm", "course.losses")
     ddim = _module("course.ddim", "course.sampling")
-    return {
+    entries = {
         ex.check_to_model_range: [ex_datasets.reference_to_model_range],
         ex.check_scaled_dot_product_attention: [attention.scaled_dot_product_attention, attention.attention_weights],
         ex.check_multi_head_attention: [attention.multi_head_attention, attention.MultiHeadAttention],
@@ -58,6 +58,13 @@ def registry() -> dict:
         ex.check_feature_statistics: [fid.feature_statistics],
         ex.check_frechet_distance: [fid.frechet_distance],
     }
+    # checkers that newer versions of the exercise modules add
+    for checker, refs in [("check_langevin_step", lambda: [sde.langevin_step]),
+                          ("check_stable_frechet_distance", lambda: [fid.frechet_distance, fid._psd_sqrt]),
+                          ("check_cfg_epsilon", lambda: [guidance.cfg_predictions, guidance.cfg_eps_model])]:
+        if hasattr(ex, checker):
+            entries[getattr(ex, checker)] = refs()
+    return entries
 
 
 def code_objects(obj) -> list:
