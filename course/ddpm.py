@@ -54,8 +54,11 @@ def model_mean(schedule: NoiseSchedule, x_t: torch.Tensor, t, eps: torch.Tensor)
 
 
 def vlb_weights(schedule: NoiseSchedule, variance: str = "beta_tilde") -> torch.Tensor:
-    """lambda_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - alpha_bar_t)) (eq. 12), so L_{t-1} = lambda_t E||eps - eps_theta||^2.
+    """lambda_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - alpha_bar_t)) (eq. 12): L_{t-1} = lambda_t E||eps - eps_theta||^2 + C_t.
 
+    C_t does not depend on theta: it is 0 for sigma_t^2 = beta_tilde_t (the KL between two Gaussians of the same
+    variance is the squared mean difference alone) and, for sigma_t^2 = beta_t, the KL's variance mismatch,
+    d/2 (beta_tilde_t / beta_t - 1 - log(beta_tilde_t / beta_t)) for x in R^d.
     Entry 0 is NaN: code index 0 is the decoder term L_0, not a KL.
     """
     sigma2 = reverse_variance(schedule, variance)

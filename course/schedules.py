@@ -77,7 +77,8 @@ def linear_schedule(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0
 
 
 def cosine_schedule(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> NoiseSchedule:
-    """Nichol & Dhariwal 2021 (eq. 17): alpha_bar(t) = cos^2(((t/T + s) / (1 + s)) pi/2), betas capped at max_beta.
+    """Nichol & Dhariwal 2021 (eq. 17): alpha_bar(t) = f(t) / f(0) with f(t) = cos^2(((t/T + s) / (1 + s)) pi/2),
+    and beta_t = 1 - alpha_bar(t + 1) / alpha_bar(t) capped at max_beta (the f(0) cancels in the ratio).
 
     Same as diffusers' ``beta_schedule="squaredcos_cap_v2"``.
     """

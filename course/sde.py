@@ -270,8 +270,9 @@ def euler_maruyama_sample(score: ScoreFn, sde: VPSDE, shape: tuple, steps: int =
                           x_T: torch.Tensor | None = None, keep_path: bool = False, progress: bool = True):
     """Sample by Euler-Maruyama on the reverse-time SDE (eq. 6): ``steps`` score evaluations, the last one denoises.
 
-    With steps = T on the VP SDE of DDPM's schedule, every step is DDPM's ancestral step up to O(beta_t^2)
-    and the noises are drawn in the same order as ddpm.ddpm_sample's (course.ddpm).
+    With steps = T on the VP SDE of DDPM's schedule, each step agrees with DDPM's ancestral step to first order in
+    beta_t only, and not near t = 0, where beta_tilde_t / beta_t is far from 1 (at t = 1 it is about 0.5); the
+    noises are drawn in the same order as ``ddpm.ddpm_sample``'s.
     """
     gen = torch.Generator().manual_seed(seed)
     x = ddim.initial_noise(shape, gen, x_T)
