@@ -138,6 +138,30 @@ def fid_to_statistics(images: torch.Tensor, statistics: tuple, network=None) -> 
     return frechet_distance(*feature_statistics(image_features(images, network)), *statistics)
 
 
+FLOOR_SEEDS = 5  # the floor's spread is taken over this many seeds, at least
+
+
+def floor_spread(n: int, seeds: int = FLOOR_SEEDS, network=None) -> dict:
+    """The real-vs-real floor at sample size n as mean and standard deviation over ``seeds`` seeds (0, 1, ...).
+
+    Each seed draws n real training digits (``floor_batch``) and scores them against the held-out digits. Two FIDs
+    at the same n differ for real only by more than this spread; a generated batch can also score *below* the
+    mean, because the reference set (297 held-out digits) is small and the floor batch is one random draw.
+    Returns n, seeds, fid_floor_mean, fid_floor_sd (sample standard deviation) and the per-seed floors.
+    """
+    validate.positive_int("n", n)
+    if seeds < 2:
+        raise ValueError(f"a spread needs at least 2 seeds, got {seeds}")
+    network = network or feature_network()
+    real_train, _ = digits("train")
+    if n > len(real_train):
+        raise ValueError(f"n = {n} is more than the {len(real_train)} real training digits")
+    test_stats = feature_statistics(image_features(digits("test")[0], network))
+    floors = [fid_to_statistics(floor_batch(real_train, n, seed), test_stats, network) for seed in range(seeds)]
+    return {"n": n, "seeds": seeds, "fid_floor_mean": float(np.mean(floors)),
+            "fid_floor_sd": float(np.std(floors, ddof=1)), "floors": floors}
+
+
 def evaluate(samples: torch.Tensor, labels: torch.Tensor | None = None, seed: int = 0, network=None) -> dict:
     """Score generated digits against the held-out real digits, each figure beside its real-data baseline.
 

@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 
 from . import ddim, fid, validate
+from .datasets import GaussianMixture2D
 from .models import NULL_LABEL, load_digits_unet, load_noisy_classifier
 from .schedules import NoiseSchedule, linear_schedule
 from .sde import log_prob_grad
@@ -164,6 +165,46 @@ def classifier_guided_eps_model(eps_model: Callable, classifier, schedule: Noise
         grad = classifier_log_prob_grad(classifier, x_t, t, labels)
         return classifier_guided_eps(schedule, eps, x_t, t, grad, w)
     return guided
+
+
+# --------------------------------------------------------------------------- the tilted distribution, exactly
+
+def mixture_component(mixture: GaussianMixture2D, c: int) -> GaussianMixture2D:
+    """Component c of a 2D mixture as a one-component mixture: the exact conditional p(x | c) at every noise level."""
+    return GaussianMixture2D(means=(mixture.means[c],), std=mixture.std, weights=(1.0,))
+
+
+def mixture_cfg_eps_model(mixture: GaussianMixture2D, c: int, schedule: NoiseSchedule, w: float) -> Callable:
+    """eps_model(x_t, t) for ``ddim.ddim_sample`` on the 2D mixture: CFG at scale w with the EXACT scores,
+    (1 + w) eps(x_t, c) - w eps(x_t), where eps = -sqrt(1 - alpha_bar_t) * score of the noised density."""
+    component = mixture_component(mixture, c)
+
+    def eps_model(x_t, t):
+        alpha_bar = schedule.alpha_bar[int(t[0])]
+        sigma = (1 - alpha_bar).sqrt()
+        eps_c = -sigma * component.score(x_t.double(), alpha_bar)
+        eps_u = -sigma * mixture.score(x_t.double(), alpha_bar)
+        return cfg_combine(eps_c, eps_u, w).to(x_t.dtype)
+    return eps_model
+
+
+def tilted_mixture_samples(mixture: GaussianMixture2D, c: int, w: float, n: int = 2000, seed: int = 0,
+                           alpha_bar: float = 1.0) -> torch.Tensor:
+    """n samples of the tilted density p_t(x | c) p_t(c | x)^w of the mixture noised to ``alpha_bar`` (1.0: the
+    data), by importance resampling: proposals from p_t(x | c), weights p_t(c | x)^w, drawn with replacement.
+
+    At alpha_bar = 1 this is what "guidance at scale w samples p(x | c) p(c | x)^w" would mean. It is exact in the
+    limit of many proposals (here 20 n).
+    """
+    validate.positive_int("n", n)
+    gen = torch.Generator().manual_seed(seed)
+    means, var = mixture.means[c], alpha_bar * mixture.std ** 2 + (1 - alpha_bar)
+    proposals = (torch.tensor(means, dtype=torch.float64) * alpha_bar ** 0.5
+                 + var ** 0.5 * torch.randn(20 * n, 2, generator=gen, dtype=torch.float64))
+    log_comp, _, _ = mixture.responsibilities(proposals, alpha_bar)
+    log_weights = w * torch.log_softmax(log_comp, dim=1)[:, c]
+    picks = torch.multinomial(torch.softmax(log_weights, 0), n, replacement=True, generator=gen)
+    return proposals[picks].float()
 
 
 # --------------------------------------------------------------------------- samplers for course.fid

@@ -40,6 +40,43 @@ def rows(*names: str, directory: Path = RESULTS_DIR, **where) -> list[dict]:
     return [row for row in record["rows"] if all(row.get(key) == value for key, value in where.items())]
 
 
+def seed_means(rows: list[dict], by: str, value: str = "fid") -> list[dict]:
+    """Rows that differ only in ``seed``, averaged: one entry per value of ``by`` (in order of first appearance)
+    with the mean and sample standard deviation of ``value`` over the seeds, the seeds, and the rows' floor.
+
+    ``{by: ..., value + "_mean", value + "_sd" (None for one seed), "seeds", "n", "fid_floor_mean",
+    "fid_floor_sd"}``; other numeric columns present in every row are averaged too (``class_accuracy``, ...).
+    """
+    groups: dict = {}
+    for row in rows:
+        groups.setdefault(row[by], []).append(row)
+    out = []
+    for key, group in groups.items():
+        values = [r[value] for r in group]
+        mean = sum(values) / len(values)
+        sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else None
+        entry = {by: key, f"{value}_mean": mean, f"{value}_sd": sd, "seeds": [r.get("seed") for r in group],
+                 "n": group[0].get("n"), "fid_floor_mean": group[0].get("fid_floor_mean"),
+                 "fid_floor_sd": group[0].get("fid_floor_sd")}
+        for column in group[0]:
+            if column not in entry and column not in (by, value, "seed", "seconds", "fid_floor") and all(
+                    isinstance(r.get(column), (int, float)) and not isinstance(r.get(column), bool) for r in group):
+                entry[column] = sum(r[column] for r in group) / len(group)
+        out.append(entry)
+    return out
+
+
+def best_against_baseline(means: list[dict], by: str, baseline=0, value: str = "fid") -> dict:
+    """The lowest mean ``value`` among ``seed_means`` entries, beside the baseline's (``by == baseline``):
+    {best, best_mean, baseline_mean, gain (baseline - best), floor_sd, beyond_floor_sd (gain > floor_sd)}."""
+    base = next(m for m in means if m[by] == baseline)
+    best = min(means, key=lambda m: m[f"{value}_mean"])
+    gain = base[f"{value}_mean"] - best[f"{value}_mean"]
+    floor_sd = best.get("fid_floor_sd")
+    return {"best": best[by], "best_mean": best[f"{value}_mean"], "baseline_mean": base[f"{value}_mean"],
+            "gain": gain, "floor_sd": floor_sd, "beyond_floor_sd": floor_sd is not None and gain > floor_sd}
+
+
 def missing(*names: str) -> str:
     """What to run to make the first of ``names``: the line a notebook prints in place of a table."""
     return f"run `{script_for(names[0])}` for the full-size table"

@@ -158,3 +158,23 @@ def test_frechet_distance_checker(wrong, message, capsys):
     assert "frechet_distance: all" in capsys.readouterr().out
     with pytest.raises(ExerciseFailed, match=message):
         check_frechet_distance(wrong)
+
+
+def test_floor_spread_is_the_spread_of_the_seeded_floors():
+    network = fid.feature_network()
+    spread = fid.floor_spread(200, seeds=5, network=network)
+    assert spread["seeds"] == 5 and len(spread["floors"]) == 5 and len(set(spread["floors"])) == 5
+    real_train, _ = datasets.digits("train")
+    real_test, _ = datasets.digits("test")
+    stats = fid.feature_statistics(fid.image_features(real_test, network))
+    assert spread["floors"][3] == pytest.approx(fid.fid_to_statistics(fid.floor_batch(real_train, 200, 3), stats,
+                                                                       network))
+    assert spread["fid_floor_mean"] == pytest.approx(np.mean(spread["floors"]))
+    assert spread["fid_floor_sd"] == pytest.approx(np.std(spread["floors"], ddof=1)) and spread["fid_floor_sd"] > 1
+    # evaluate's floor for seed s is the spread's floor number s
+    report = fid.evaluate(fid.floor_batch(real_train, 200, 7), seed=3, network=network)
+    assert report["fid_floor"] == pytest.approx(spread["floors"][3])
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        fid.floor_spread(200, seeds=1)
+    with pytest.raises(ValueError, match="real training digits"):
+        fid.floor_spread(5000)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from course import checkpoints, datasets, guidance, models, widgets
+from course import checkpoints, datasets, ddim, guidance, models, widgets
 from course.exercises import ExerciseFailed, check_cfg_combine, check_classifier_guided_eps, check_drop_labels
 from course.schedules import linear_schedule
 
@@ -303,3 +303,36 @@ def test_check_drop_labels_accepts_the_answer_and_catches_mistakes():
     for fn, message in wrong.items():
         with pytest.raises(ExerciseFailed, match=message):
             check_drop_labels(fn)
+
+
+# --------------------------------------------------------------------------- the tilted distribution (issue 17)
+
+def test_tilted_samples_match_the_tilt_on_a_grid():
+    """Importance resampling gives the mean of p(x | c) p(c | x)^w computed by quadrature on a grid."""
+    mixture = datasets.GaussianMixture2D()
+    axis = torch.linspace(-4, 4, 401, dtype=torch.float64)
+    grid = torch.cartesian_prod(axis, axis)
+    for alpha_bar, w in ((1.0, 16.0), (0.2, 4.0)):
+        component = guidance.mixture_component(mixture, 2)
+        log_comp, _, _ = mixture.responsibilities(grid, alpha_bar)
+        log_density = component.log_prob(grid, alpha_bar) + w * torch.log_softmax(log_comp, 1)[:, 2]
+        weights = torch.softmax(log_density, 0)
+        exact_mean = (weights[:, None] * grid).sum(0)
+        samples = guidance.tilted_mixture_samples(mixture, 2, w, 4000, seed=0, alpha_bar=alpha_bar)
+        assert (samples.double().mean(0) - exact_mean).abs().max() < 0.03, (alpha_bar, w)
+    # at alpha_bar = 0.2 the components overlap, and the tilt moves the mean away from the neighbours
+    assert exact_mean[1] > 1.6 * 0.2 ** 0.5 + 0.1
+
+
+def test_guidance_does_not_sample_the_tilted_distribution():
+    """With exact scores, CFG at w = 16 lands far from p(x | c) p(c | x)^w: shifted and much narrower."""
+    mixture, schedule = datasets.GaussianMixture2D(), linear_schedule()
+    x, _ = ddim.ddim_sample(guidance.mixture_cfg_eps_model(mixture, 2, schedule, 16.0), schedule, (400, 2),
+                            steps=50, seed=0, progress=False)
+    target = guidance.tilted_mixture_samples(mixture, 2, 16.0, 2000, seed=0)
+    assert (target.mean(0) - torch.tensor([0.0, 1.6])).abs().max() < 0.03  # the tilt hardly moves component 2
+    assert 0.23 < target.std(0).mean() < 0.27
+    assert (x.mean(0) - target.mean(0)).norm() > 0.5 and x.std(0).mean() < 0.5 * target.std(0).mean()
+    plain, _ = ddim.ddim_sample(guidance.mixture_cfg_eps_model(mixture, 2, schedule, 0.0), schedule, (400, 2),
+                                steps=50, seed=0, progress=False)
+    assert (plain.mean(0) - torch.tensor([0.0, 1.6])).abs().max() < 0.05  # w = 0 is the component itself

@@ -2,10 +2,10 @@
 the widget, and the checkers with wrong answers."""
 import pytest
 import torch
-from diffusers.models.attention_processor import (AttnProcessor2_0, PAGCFGIdentitySelfAttnProcessor2_0,
+from diffusers.models.attention_processor import (Attention, AttnProcessor2_0, PAGCFGIdentitySelfAttnProcessor2_0,
                                                   PAGIdentitySelfAttnProcessor2_0)
 
-from course import models, pag, widgets
+from course import ldm, models, pag, widgets
 from course.exercises import ExerciseFailed, check_pag_epsilon, check_perturbed_self_attention
 
 
@@ -233,3 +233,73 @@ def test_pag_epsilon_checker_rejects_wrong_answers(mistake):
     fn, message = WRONG_PAG[mistake]
     with pytest.raises(ExerciseFailed, match=message):
         check_pag_epsilon(fn)
+
+
+# --------------------------------------------------------------------------- transformer self-attention (attn1)
+
+@pytest.fixture(scope="module")
+def shapes_unet():
+    return ldm.load_shapes_ldm("shapes_pixel_long")
+
+
+def _shapes_batch(batch=2):
+    gen = torch.Generator().manual_seed(0)
+    return (torch.randn(batch, 3, 32, 32, generator=gen), torch.tensor([900, 300][:batch]),
+            torch.randn(batch, 6, 64, generator=gen))
+
+
+def test_transformer_self_attention_paths_are_the_attn1_layers(shapes_unet):
+    paths = pag.self_attention_paths(shapes_unet)
+    assert paths and all(p.endswith(".attn1") for p in paths)  # attn2 (cross-attention) is not self-attention
+    assert {p.split(".attentions")[0] for p in paths} == {"down_blocks.1", "down_blocks.2", "mid_block",
+                                                        "up_blocks.0", "up_blocks.1"}
+
+
+@pytest.mark.parametrize("which", ["first", "all"])
+def test_identity_processor_matches_diffusers_on_transformer_attn1(shapes_unet, which):
+    """Tokens (B, N, C) at 16x16 and 8x8: the same perturbed pass as PAGIdentitySelfAttnProcessor2_0."""
+    x, t, context = _shapes_batch()
+    paths = pag.self_attention_paths(shapes_unet)
+    layers = paths[:1] if which == "first" else paths
+    args = (torch.cat([x, x]), t.repeat(2))
+    with torch.no_grad():
+        plain = shapes_unet(x, t, encoder_hidden_states=context).sample
+        with pag.perturbed_attention(shapes_unet, layers, "identity", chunks=2):
+            ours = shapes_unet(*args, encoder_hidden_states=context.repeat(2, 1, 1)).sample
+        with pag.perturbed_attention(shapes_unet, layers, processor=PAGIdentitySelfAttnProcessor2_0()):
+            theirs = shapes_unet(*args, encoder_hidden_states=context.repeat(2, 1, 1)).sample
+    assert (ours[2:] - theirs[2:]).abs().max() < 1e-5
+    assert (ours[:2] - plain).abs().max() < 1e-5
+    assert (ours[2:] - plain).abs().mean() > 1e-3
+    for module in pag.attention_modules(shapes_unet, layers).values():  # restored afterwards
+        assert isinstance(module.processor, AttnProcessor2_0)
+
+
+def test_every_strategy_runs_on_tokens(shapes_unet):
+    module = next(iter(pag.attention_modules(shapes_unet, pag.self_attention_paths(shapes_unet)[:1]).values()))
+    tokens = torch.randn(2, 256, module.to_q.in_features, generator=torch.Generator().manual_seed(1))
+    plain = AttnProcessor2_0()(module, tokens)
+    assert (pag.self_attention_block(module, tokens) - plain).abs().max() < 1e-5
+    for strategy in pag.ATTENTION_STRATEGIES:
+        out = pag.PerturbedSelfAttnProcessor(strategy, chunks=1)(module, tokens)
+        assert out.shape == tokens.shape and (out - plain).abs().mean() > 1e-4
+
+
+def test_layers_are_matched_by_exact_name():
+    """diffusers' pag_applied_layers="blocks.1" is a pattern that also hits blocks.10; a name here is one module."""
+    model = torch.nn.Module()
+    model.blocks = torch.nn.ModuleList([Attention(query_dim=8, heads=2, dim_head=4) for _ in range(11)])
+    assert list(pag.attention_modules(model, ("blocks.1",))) == ["blocks.1"]
+    assert list(pag.attention_modules(model, ("blocks.10", "blocks.1"))) == ["blocks.10", "blocks.1"]
+    with pytest.raises(ValueError, match="unknown layer 'blocks'"):
+        pag.attention_modules(model, ("blocks",))
+    with pytest.raises(ValueError, match="unknown layer 'blocks.1.to_q'"):
+        pag.attention_modules(model, ("blocks.1.to_q",))
+
+
+def test_cross_attention_is_refused(shapes_unet):
+    cross = next(m for p, m in shapes_unet.named_modules() if p.endswith("attn2"))
+    with pytest.raises(ValueError, match="not cross-attention"):
+        pag.PerturbedSelfAttnProcessor()(cross, torch.zeros(2, 4, 32), encoder_hidden_states=torch.zeros(2, 6, 64))
+    with pytest.raises(ValueError, match="unknown layer"):
+        pag.attention_modules(shapes_unet, ("down_blocks.1.attentions.0.transformer_blocks.0.attn2",))
