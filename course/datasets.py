@@ -55,10 +55,10 @@ class GaussianMixture2D:
     std: float = 0.25
     weights: tuple = (0.25, 0.25, 0.25, 0.25)
 
-    def _params(self, alpha_bar):
+    def _params(self, alpha_bar, added_var: float = 0.0):
         means = torch.tensor(self.means, dtype=torch.float64)
         alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64)
-        var = alpha_bar * self.std ** 2 + (1 - alpha_bar)
+        var = alpha_bar * self.std ** 2 + (1 - alpha_bar) + added_var
         return torch.sqrt(alpha_bar) * means, var
 
     def sample(self, n: int = 2000, seed: int = 0):
@@ -69,8 +69,9 @@ class GaussianMixture2D:
         x = torch.tensor(self.means, dtype=torch.float32)[labels]
         return x + self.std * torch.randn(n, 2, generator=gen), labels
 
-    def responsibilities(self, x, alpha_bar):
-        means, var = self._params(alpha_bar)
+    def responsibilities(self, x, alpha_bar, added_var: float = 0.0):
+        """log(w_k N(x; mean_k, var)) per component (N, K), and x - mean_k, var, at noise level alpha_bar."""
+        means, var = self._params(alpha_bar, added_var)
         diff = x.double()[:, None, :] - means[None]
         log_w = torch.log(torch.tensor(self.weights, dtype=torch.float64))
         log_comp = log_w - 0.5 * (diff ** 2).sum(-1) / var - math.log(2 * math.pi) - torch.log(var)
@@ -82,10 +83,11 @@ class GaussianMixture2D:
         log_comp, _, _ = self.responsibilities(x, alpha_bar)
         return torch.logsumexp(log_comp, dim=1).to(x.dtype)
 
-    def score(self, x, alpha_bar: float = 1.0) -> torch.Tensor:
-        """The exact score grad_x log p_t(x) at noise level alpha_bar."""
+    def score(self, x, alpha_bar: float = 1.0, added_var: float = 0.0) -> torch.Tensor:
+        """The exact score grad_x log p_t(x) at noise level alpha_bar (VP), or with ``added_var`` of noise added to the
+        unscaled data (VE: alpha_bar = 1, added_var = sigma(s)^2)."""
         x = self._check_points(x)
-        log_comp, diff, var = self.responsibilities(x, alpha_bar)
+        log_comp, diff, var = self.responsibilities(x, alpha_bar, added_var)
         resp = torch.softmax(log_comp, dim=1)
         return (-(resp[..., None] * diff).sum(1) / var).to(x.dtype)
 

@@ -88,6 +88,18 @@ class VPSDE:
         """g(s) = sqrt(beta(s))."""
         return math.sqrt(self.beta(s))
 
+    def signal_scale(self, s) -> float:
+        """sqrt(alpha_bar(s)): x_s = signal_scale x_0 + marginal_std eps."""
+        return math.sqrt(self.alpha_bar(s))
+
+    def prior_std(self) -> float:
+        """The std of the prior the samplers start from: N(0, I)."""
+        return 1.0
+
+    def corrector_alpha(self, s) -> float:
+        """alpha of the Langevin corrector's step size (Algorithm 5): 1 - beta(s) / T."""
+        return 1 - self.beta(s) / self.T
+
     def timestep(self, s) -> int:
         """The discrete code timestep of continuous time s: t = round(s T) - 1, clamped to [0, T-1]."""
         return min(max(round(_check_s(s) * self.T) - 1, 0), self.T - 1)
@@ -109,10 +121,12 @@ class VESDE:
 
     sigma_min: float = 0.01
     sigma_max: float = 50.0
+    T: int = 1000  # the number of noise levels; the samplers stop at s_min = 1 / T
 
     def __post_init__(self):
         if not 0 < self.sigma_min < self.sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min} and {self.sigma_max}")
+        validate.positive_int("T", self.T)
 
     def sigma(self, s) -> float:
         return self.sigma_min * (self.sigma_max / self.sigma_min) ** _check_s(s)
@@ -125,6 +139,18 @@ class VESDE:
 
     def diffusion(self, s) -> float:
         return self.sigma(s) * math.sqrt(2 * math.log(self.sigma_max / self.sigma_min))
+
+    def signal_scale(self, s) -> float:
+        """1: the VE SDE never shrinks the data, x_s = x_0 + marginal_std z."""
+        return 1.0
+
+    def prior_std(self) -> float:
+        """The std of the prior the samplers start from: N(0, sigma_max^2 I)."""
+        return self.sigma_max
+
+    def corrector_alpha(self, s) -> float:
+        """alpha of the Langevin corrector's step size: 1 for the VE SDE (Algorithm 4)."""
+        return 1.0
 
 
 def forward_sde_path(sde, x_0: torch.Tensor, steps: int = 1000, seed: int = 0) -> list[tuple[float, torch.Tensor]]:
@@ -168,8 +194,10 @@ def eps_model_score(eps_model: Callable[[torch.Tensor, torch.Tensor], torch.Tens
     return score
 
 
-def mixture_score(mixture, sde: VPSDE) -> ScoreFn:
-    """The exact score of a datasets.GaussianMixture2D noised to time s: mixture.score(x, alpha_bar(s))."""
+def mixture_score(mixture, sde) -> ScoreFn:
+    """The exact score of a datasets.GaussianMixture2D noised to time s by the VP or the VE SDE."""
+    if isinstance(sde, VESDE):
+        return lambda x, s: mixture.score(x, 1.0, sde.marginal_std(s) ** 2)
     return lambda x, s: mixture.score(x, sde.alpha_bar(s))
 
 
@@ -250,9 +278,18 @@ def langevin_step(x: torch.Tensor, score: torch.Tensor, noise: torch.Tensor, snr
     return x + step * score + torch.sqrt(2 * step) * noise
 
 
-def denoise(sde: VPSDE, x: torch.Tensor, s: float, score: torch.Tensor) -> torch.Tensor:
-    """Tweedie's formula E[x_0 | x_s] = (x_s + (1 - alpha_bar(s)) score) / sqrt(alpha_bar(s)): the final noise-free step."""
-    return (x + sde.marginal_std(s) ** 2 * score) / math.sqrt(sde.alpha_bar(s))
+def denoise(sde, x: torch.Tensor, s: float, score: torch.Tensor) -> torch.Tensor:
+    """Tweedie's formula, the final noise-free step: E[x_0 | x_s] = (x_s + std(s)^2 score) / signal_scale(s).
+
+    VP: (x_s + (1 - alpha_bar(s)) score) / sqrt(alpha_bar(s)); VE: x_s + sigma(s)^2 score.
+    """
+    return (x + sde.marginal_std(s) ** 2 * score) / sde.signal_scale(s)
+
+
+def prior_sample(sde, shape: tuple, gen: torch.Generator, x_T: torch.Tensor | None) -> torch.Tensor:
+    """Where every sampler starts: x_T if given, else N(0, prior_std^2 I) (VP: N(0, I); VE: N(0, sigma_max^2 I))."""
+    x = ddim.initial_noise(shape, gen, x_T)
+    return x if x_T is not None else x * sde.prior_std()
 
 
 # --------------------------------------------------------------------------- samplers
@@ -266,7 +303,7 @@ def time_grid(steps: int, T: int = 1000) -> list[float]:
 
 
 @torch.no_grad()
-def euler_maruyama_sample(score: ScoreFn, sde: VPSDE, shape: tuple, steps: int = 100, seed: int = 0,
+def euler_maruyama_sample(score: ScoreFn, sde, shape: tuple, steps: int = 100, seed: int = 0,
                           x_T: torch.Tensor | None = None, keep_path: bool = False, progress: bool = True):
     """Sample by Euler-Maruyama on the reverse-time SDE (eq. 6): ``steps`` score evaluations, the last one denoises.
 
@@ -275,7 +312,7 @@ def euler_maruyama_sample(score: ScoreFn, sde: VPSDE, shape: tuple, steps: int =
     noises are drawn in the same order as ``ddpm.ddpm_sample``'s.
     """
     gen = torch.Generator().manual_seed(seed)
-    x = ddim.initial_noise(shape, gen, x_T)
+    x = prior_sample(sde, shape, gen, x_T)
     grid = time_grid(steps, sde.T)
     path = [(grid[0], x.clone())] if keep_path else []
     for s, s_next in tqdm(list(zip(grid, grid[1:])), desc=f"Euler-Maruyama, {steps} steps", disable=not progress,
@@ -288,7 +325,7 @@ def euler_maruyama_sample(score: ScoreFn, sde: VPSDE, shape: tuple, steps: int =
 
 
 @torch.no_grad()
-def ode_sample(score: ScoreFn, sde: VPSDE, shape: tuple, steps: int = 50, method: str = "heun", seed: int = 0,
+def ode_sample(score: ScoreFn, sde, shape: tuple, steps: int = 50, method: str = "heun", seed: int = 0,
                x_T: torch.Tensor | None = None, keep_path: bool = False, progress: bool = True):
     """Integrate the probability-flow ODE (eq. 13) from s = 1 to s_min with Euler or Heun (2nd order), then denoise.
 
@@ -299,7 +336,7 @@ def ode_sample(score: ScoreFn, sde: VPSDE, shape: tuple, steps: int = 50, method
     if method not in ("euler", "heun"):
         raise ValueError(f"method must be 'euler' or 'heun', got {method!r}")
     gen = torch.Generator().manual_seed(seed)
-    x = ddim.initial_noise(shape, gen, x_T)
+    x = prior_sample(sde, shape, gen, x_T)
     grid = time_grid(steps, sde.T)
     path = [(grid[0], x.clone())] if keep_path else []
     nfe = 0
@@ -323,7 +360,7 @@ def ode_sample(score: ScoreFn, sde: VPSDE, shape: tuple, steps: int = 50, method
 
 
 @torch.no_grad()
-def solve_ivp_sample(score: ScoreFn, sde: VPSDE, shape: tuple, rtol: float = 1e-3, atol: float = 1e-3,
+def solve_ivp_sample(score: ScoreFn, sde, shape: tuple, rtol: float = 1e-3, atol: float = 1e-3,
                      method: str = "RK45", seed: int = 0, x_T: torch.Tensor | None = None):
     """The probability-flow ODE (eq. 13) with scipy.integrate.solve_ivp: an adaptive solver picks the steps.
 
@@ -333,7 +370,7 @@ def solve_ivp_sample(score: ScoreFn, sde: VPSDE, shape: tuple, rtol: float = 1e-
     from scipy.integrate import solve_ivp
 
     gen = torch.Generator().manual_seed(seed)
-    x = ddim.initial_noise(shape, gen, x_T)
+    x = prior_sample(sde, shape, gen, x_T)
     s_min = 1.0 / sde.T
 
     def fun(s, y):
@@ -349,19 +386,19 @@ def solve_ivp_sample(score: ScoreFn, sde: VPSDE, shape: tuple, rtol: float = 1e-
 
 
 @torch.no_grad()
-def pc_sample(score: ScoreFn, sde: VPSDE, shape: tuple, steps: int = 50, corrector_steps: int = 1,
+def pc_sample(score: ScoreFn, sde, shape: tuple, steps: int = 50, corrector_steps: int = 1,
               snr: float = 0.16, seed: int = 0, x_T: torch.Tensor | None = None, keep_path: bool = False,
               progress: bool = True):
     """Predictor-corrector sampling (Algorithm 1): an Euler-Maruyama predictor step, then Langevin corrector steps.
 
     After each predictor step to s_next, ``corrector_steps`` Langevin steps at the fixed level s_next pull the
-    samples towards p_{s_next}; alpha = 1 - beta(s)/T as in Algorithm 5. Score evaluations:
+    samples towards p_{s_next}; alpha = sde.corrector_alpha (VP: 1 - beta(s)/T, Algorithm 5; VE: 1). Score evaluations:
     steps + (steps - 1) corrector_steps.
     """
     if corrector_steps < 0:
         raise ValueError(f"corrector_steps must be >= 0, got {corrector_steps}")
     gen = torch.Generator().manual_seed(seed)
-    x = ddim.initial_noise(shape, gen, x_T)
+    x = prior_sample(sde, shape, gen, x_T)
     grid = time_grid(steps, sde.T)
     path = [(grid[0], x.clone())] if keep_path else []
     nfe = 0
@@ -370,7 +407,7 @@ def pc_sample(score: ScoreFn, sde: VPSDE, shape: tuple, steps: int = 50, correct
         nfe += 1
         for _ in range(corrector_steps):
             x = langevin_step(x, score(x, s_next), torch.randn(x.shape, generator=gen, dtype=x.dtype), snr,
-                              alpha=1 - sde.beta(s_next) / sde.T)
+                              alpha=sde.corrector_alpha(s_next))
             nfe += 1
         if keep_path:
             path.append((s_next, x.clone()))

@@ -271,3 +271,29 @@ def test_em_checker_reports_not_implemented():
 def test_drift_checker_rejects_wrong_answers(wrong, hint):
     with pytest.raises(ExerciseFailed, match=hint):
         check_pf_ode_drift(wrong)
+
+
+@pytest.mark.parametrize("sampler", ["em", "heun", "pc"])
+def test_every_sampler_samples_the_ve_sde_too(sampler):
+    """The VE SDE's samplers start from N(0, sigma_max^2 I), denoise by x + sigma^2 score, and reach the data."""
+    mixture, ve = datasets.GaussianMixture2D(), sde.VESDE(sigma_min=0.01, sigma_max=50.0)
+    score = sde.mixture_score(mixture, ve)
+    run = {"em": lambda: sde.euler_maruyama_sample(score, ve, (1000, 2), steps=200, progress=False, keep_path=True),
+           "heun": lambda: sde.ode_sample(score, ve, (1000, 2), steps=30, progress=False, keep_path=True),
+           "pc": lambda: sde.pc_sample(score, ve, (1000, 2), steps=100, progress=False, keep_path=True)}[sampler]
+    x, info = run()
+    start = info["path"][0][1]
+    assert 40 < start.std().item() < 60  # the prior N(0, 50^2 I), not N(0, I)
+    data, _ = mixture.sample(1000, seed=1)
+    assert metrics.energy_distance(x.float(), data) < 0.01
+
+
+def test_ve_mixture_score_is_the_gradient_of_the_noised_density():
+    mixture, ve = datasets.GaussianMixture2D(), sde.VESDE()
+    x = torch.randn(20, 2, dtype=torch.float64) * 3
+    for s in (0.05, 0.5, 1.0):
+        var = ve.marginal_std(s) ** 2
+        xg = x.clone().requires_grad_()
+        log_comp, _, _ = mixture.responsibilities(xg, 1.0, var)
+        torch.logsumexp(log_comp, dim=1).sum().backward()
+        assert torch.allclose(xg.grad, sde.mixture_score(mixture, ve)(x, s), atol=1e-10)
