@@ -46,6 +46,17 @@ def image_grid(images, titles=None, ncols: int = 8, size: float = 1.2, title: st
     return fig
 
 
+def clamp_to_box(points, lim: float):
+    """Pull (N, 2) points into the square [-lim, lim]^2, to draw them on its edge.
+
+    Returns (clamped points, number of points that were outside). A predicted x_0 at large t
+    divides by sqrt(alpha_bar_t) ~ 0.006, so almost every point lands far outside a plot of the data.
+    """
+    points = validate.floating("points", points)
+    outside = int((points.abs() > lim).any(dim=-1).sum())
+    return points.clamp(-lim, lim), outside
+
+
 def scatter2d(points, labels=None, ax=None, title: str | None = None, lim: float = 3.5, s: float = 3):
     """Scatter plot of (N, 2) points, coloured by label if given. Returns the axes."""
     points = validate.floating("points", points)

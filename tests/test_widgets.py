@@ -128,3 +128,13 @@ def test_grid_png_draws_a_grid_and_rejects_other_shapes():
     assert image.size == ((4 * 17 + 1) * 2, (3 * 17 + 1) * 2)
     with pytest.raises(ValueError, match="N, 1, H, W"):
         plotting.grid_png(torch.zeros(3, 16, 16))
+
+
+def test_clamp_to_box_counts_the_points_outside_and_moves_them_to_the_edge():
+    from course.plotting import clamp_to_box
+
+    points = torch.tensor([[0.5, -0.5], [10.0, 0.0], [0.0, -4.0], [3.5, 3.5]])
+    clamped, outside = clamp_to_box(points, 3.5)
+    assert outside == 2  # a point on the edge is inside
+    assert torch.equal(clamped, torch.tensor([[0.5, -0.5], [3.5, 0.0], [0.0, -3.5], [3.5, 3.5]]))
+    assert clamped.abs().max() <= 3.5 and points[1, 0] == 10.0  # the input is not modified

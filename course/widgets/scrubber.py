@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from .. import forward, validate
-from ..plotting import figure_to_png, image_grid, scatter2d, to_display
+from ..plotting import clamp_to_box, figure_to_png, image_grid, scatter2d, to_display
 
 
 class TimestepScrubber:
@@ -97,14 +97,14 @@ def forward_process_scrubber(x_0, schedule, timesteps, seed: int = 0) -> Timeste
         ax_hist.plot(gauss_x, gauss_y, "k--", lw=1, label="N(0, 1)")
         ax_hist.set_ylim(0, 1.2)
         ax_hist.set_title("values of x_t")
-        ax_hist.legend(fontsize=7, loc="upper right")
+        ax_hist.legend(fontsize=11, loc="upper right", handlelength=1.5)
         ax_curve.plot(alpha_bar, color="tab:blue")
         ax_curve.set_ylabel("alpha_bar_t", color="tab:blue")
         ax_snr = ax_curve.twinx()
         ax_snr.semilogy(snr, color="tab:orange")
         ax_snr.set_ylabel("SNR(t)", color="tab:orange")
         ax_curve.axvline(t, color="k", lw=1)
-        ax_curve.set_title(f"alpha_bar = {alpha_bar[t]:.3g}, SNR = {snr[t]:.3g}", fontsize=9)
+        ax_curve.set_title(f"alpha_bar = {alpha_bar[t]:.3g}, SNR = {snr[t]:.3g}", fontsize=10)
         ax_curve.set_xlabel("t")
         fig.tight_layout()
         return fig
@@ -116,7 +116,9 @@ def reverse_process_scrubber(frames: dict, lim: float = 3.5, ncols: int = 5) -> 
     """Scrub a DDPM reverse trajectory: x_t beside the model's predicted x_0, from t = T-1 down to 0.
 
     ``frames`` maps t to (x_t, x0_pred), as returned by ``ddpm.ddpm_sample(..., keep=...)``:
-    images (B, C, H, W) show as two grids, points (B, 2) as two scatter plots.
+    images (B, C, H, W) show as two grids, points (B, 2) as two scatter plots. Predicted x_0 points
+    outside [-lim, lim]^2 (nearly all of them at t = T-1) are drawn on the frame's edge, in red, and counted
+    in the title; the frames themselves are left as they are.
     """
     if not frames:
         raise ValueError("frames is empty: pass keep=(...) to ddpm.ddpm_sample to record timesteps")
@@ -129,7 +131,13 @@ def reverse_process_scrubber(frames: dict, lim: float = 3.5, ncols: int = 5) -> 
             fig = Figure(figsize=(6.4, 3.2))
             ax_t, ax_0 = fig.subplots(1, 2)
             scatter2d(x_t, ax=ax_t, title=f"x_t at t = {t}", lim=lim)
-            scatter2d(x0_pred, ax=ax_0, title="predicted x_0", lim=lim)
+            inside = (x0_pred.abs() <= lim).all(dim=1)
+            clamped, outside = clamp_to_box(x0_pred, lim)
+            scatter2d(clamped[inside], ax=ax_0, lim=lim * 1.05)
+            ax_0.set_title("predicted x_0" + (f"\n{outside}/{len(x0_pred)} off the plot (red, on its edge)"
+                                              if outside else ""), fontsize=10)
+            if outside:
+                ax_0.scatter(*clamped[~inside].T.numpy(), s=3, color="tab:red")
             fig.tight_layout()
             return fig
         fig = Figure(figsize=(min(len(x_t), ncols) * 1.1 * 2 + 0.4, 1.1 * -(-len(x_t) // ncols) + 0.5))
