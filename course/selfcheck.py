@@ -1,4 +1,4 @@
-"""The environment self-check of notebook 00: versions, device, data, and no network needed."""
+"""The environment self-check of notebook 00: versions, device, data and checkpoints, and no network needed."""
 from __future__ import annotations
 
 import contextlib
@@ -7,7 +7,7 @@ import socket
 import time
 from importlib import metadata
 
-from . import datasets
+from . import checkpoints, datasets, models
 from .device import get_device
 
 EXPECTED_TORCH = "2.13.0"
@@ -45,6 +45,32 @@ def versions() -> dict:
     return found
 
 
+def default_loaders() -> dict:
+    """The loaders the notebooks call first: each builds its model (diffusers' UNet among them) from a checkpoint."""
+    return {"digits UNet": models.load_digits_unet, "digit classifier": models.load_classifier,
+            "swiss-roll model": lambda: models.load_toy("swiss_roll")}
+
+
+def check_checkpoints(directory=checkpoints.CHECKPOINT_DIR, loaders: dict | None = None) -> tuple[str, bool, str]:
+    """With the network blocked: verify the sha256 of every checkpoint in the manifest, then build the models
+    of ``loaders`` (name -> function returning a module). Returns one (check, ok, detail) row."""
+    loaders = default_loaders() if loaders is None else loaders
+    start = time.perf_counter()
+    try:
+        with network_blocked():
+            manifest = checkpoints.read_manifest(directory)
+            if not manifest:
+                return ("checkpoints offline", False, f"no checkpoints recorded in {directory}: run `make checkpoints`")
+            for name in manifest:
+                checkpoints.load_state(name, directory)
+            sizes = {name: sum(p.numel() for p in load().parameters()) for name, load in loaders.items()}
+    except (NetworkBlocked, checkpoints.CheckpointError) as err:
+        return ("checkpoints offline", False, str(err))
+    built = ", ".join(f"{name} ({n:,} parameters)" for name, n in sizes.items())
+    return ("checkpoints offline", True, f"{len(manifest)} sha256-verified; built {built}; "
+                                         f"{time.perf_counter() - start:.1f} s with the network blocked")
+
+
 def run() -> list[tuple[str, bool, str]]:
     """Run every check; print a table and return (check, ok, detail) rows."""
     import torch
@@ -68,6 +94,7 @@ def run() -> list[tuple[str, bool, str]]:
                                            f"with the network blocked"))
     except NetworkBlocked as err:
         rows.append(("data offline", False, str(err)))
+    rows.append(check_checkpoints())
     width = max(len(r[0]) for r in rows)
     for name, ok, detail in rows:
         print(f"{'✔' if ok else '✘'} {name:<{width}}  {detail}")
