@@ -76,14 +76,18 @@ def _fit(recipe: Recipe, steps: int, parameters, batch_loss: Callable, **options
 
 
 def fit_toy(model: torch.nn.Module, data: torch.Tensor, schedule, steps: int, batch_size: int = 512,
-            lr: float = 2e-3, seed: int = 0, desc: str = "training") -> list[float]:
-    """Train eps_theta on 2D points with L_simple (Algorithm 1); returns the loss of every step."""
+            lr: float = 2e-3, seed: int = 0, desc: str = "training", lr_schedule: str | None = None) -> list[float]:
+    """Train eps_theta on 2D points with L_simple (Algorithm 1); returns the loss of every step.
+
+    ``lr_schedule="cosine"`` decays the learning rate to 0 over the run (fitting.fit): a large rate early, then
+    small steps that resolve the fine structure at small t, where a constant rate keeps the weights jittering.
+    """
     gen = torch.Generator().manual_seed(seed)
 
     def batch_loss(step):
         return ddpm.random_l_simple(model, schedule, data[torch.randint(0, len(data), (batch_size,), generator=gen)], gen)
 
-    return fitting.fit(model.parameters(), batch_loss, steps, lr, optimizer="adam", desc=desc)
+    return fitting.fit(model.parameters(), batch_loss, steps, lr, optimizer="adam", lr_schedule=lr_schedule, desc=desc)
 
 
 def train_toy(recipe: Recipe, steps: int):

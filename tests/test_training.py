@@ -101,3 +101,27 @@ def test_sinusoidal_embedding_shape_and_bad_dim():
     assert emb.shape == (5, 16) and torch.allclose(emb[0, :8], torch.ones(8))
     with pytest.raises(ValueError, match="dim must be even"):
         models.sinusoidal_embedding(torch.arange(5), 15)
+
+
+def test_fit_toy_passes_its_lr_schedule_to_the_loop(monkeypatch):
+    from course import datasets, fitting
+
+    seen = []
+    real_fit = fitting.fit
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("lr_schedule"))
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(fitting, "fit", spy)
+    data, _ = datasets.swiss_roll(n=64, seed=0)
+    runs = {}
+    for schedule_name in (None, "cosine"):
+        torch.manual_seed(0)
+        model = models.TimeMLP(hidden=16, layers=1)
+        runs[schedule_name] = train.fit_toy(model, data, linear_schedule(), steps=5, batch_size=8, lr=1e-2,
+                                            lr_schedule=schedule_name)
+    assert seen == [None, "cosine"]
+    assert runs[None][0] == runs["cosine"][0] and runs[None][1:] != runs["cosine"][1:]  # same start, other steps
+    with pytest.raises(ValueError, match="lr_schedule"):
+        train.fit_toy(models.TimeMLP(hidden=16, layers=1), data, linear_schedule(), steps=1, lr_schedule="linear")
