@@ -7,6 +7,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from course import grading
+from course.grading import cli
 from conftest import NOTEBOOKS, error_cells, execute_notebook, read
 
 GRADED = [p for p in NOTEBOOKS if grading.check_cells(read(p))]
@@ -217,7 +218,7 @@ def test_deleted_check_is_restored_and_cli_prints_a_table(tmp_path, capsys):
     nb.cells = [c for c in nb.cells if grading._meta(c).get("grade_id") != "check_square"]
     nb.cells[-1].source = "def square(x):\n    return x + 1"  # wrong, and its check was deleted
     nbformat.write(nb, student)
-    assert grading.main(["grade", str(student), "--instructor", str(instructor)]) == 0
+    assert cli.main(["grade", str(student), "--instructor", str(instructor)]) == 0
     out = capsys.readouterr().out
     assert re.search(r"check_double\s+2 / 2\s+passed", out)
     assert re.search(r"check_square\s+0 / 3\s+failed", out)
@@ -225,5 +226,5 @@ def test_deleted_check_is_restored_and_cli_prints_a_table(tmp_path, capsys):
 
 
 def test_grade_reports_a_missing_notebook(tmp_path, capsys):
-    assert grading.main(["grade", str(tmp_path / "nope.ipynb")]) == 2
+    assert cli.main(["grade", str(tmp_path / "nope.ipynb")]) == 2
     assert "no student notebook" in capsys.readouterr().err

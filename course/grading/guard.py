@@ -21,10 +21,13 @@ import builtins
 import functools
 import math
 import os
+import resource
 import sys
 import sysconfig
 import threading
 import types
+
+import course
 
 RESULT_MIME = "application/vnd.course.grade+json"
 CHECK_FILENAME = "<grader-check>"
@@ -119,8 +122,6 @@ def changes() -> list[str]:
 # --------------------------------------------------------------------------- install
 
 def _trusted_prefixes() -> tuple[str, ...]:
-    import course
-
     paths = {os.path.dirname(os.path.abspath(course.__file__)) + os.sep}
     for key in ("stdlib", "platstdlib", "purelib", "platlib"):
         path = sysconfig.get_paths().get(key)
@@ -137,50 +138,53 @@ class _PlainFailure(Exception):
         super().__init__(f"{exercise}: {message}")
 
 
-def install(memory_limit_bytes: int | None = None, checkers: bool = True) -> None:
-    """Fingerprint the grading machinery; called once per kernel, before any student code.
-
-    checkers=False (a check that calls no course checker, e.g. a plain assert) skips importing the checkers,
-    torch and the reference registry, and fingerprints only what is loaded.
-    """
+def limit_memory(memory_limit_bytes: int | None) -> None:
+    """An address-space limit for this kernel: a memory blow-up then fails one check instead of the machine."""
     if memory_limit_bytes:
-        import resource
-
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
-    if not checkers:
-        _STATE.clear()
-        _STATE.update(checkers={}, ExerciseFailed=_PlainFailure, trusted=_trusted_prefixes(),
-                      call_student_code=None, setprofile=sys.setprofile, getprofile=sys.getprofile,
-                      profile_funcs={sys.setprofile, sys.settrace, threading.setprofile, threading.settrace},
-                      modules={n: sys.modules[n] for n in sys.modules if n == "course" or n.startswith("course.")})
-        _STATE["snapshot"], _STATE["classes"] = _snapshot()
-        return
-    import numpy  # noqa: F401
-    import scipy.linalg  # noqa: F401
-    import torch  # noqa: F401
 
-    import course.exercises as exercises
-    from course.exercises.core import ExerciseFailed
 
-    from . import references
+def install(memory_limit_bytes: int | None = None) -> None:
+    """Fingerprint what is loaded, for a check that calls no course checker (e.g. a plain assert).
 
-    registry = references.registry()
-    by_name = {}
-    for checker, refs in registry.items():
-        codes = {}
-        for ref in refs:
-            for code in references.code_objects(ref):
-                codes[code] = references.qualified_name(ref)
-        by_name[checker.__name__] = (checker, list(refs), codes)
+    It imports neither the checkers nor torch; a check that calls a checker starts with
+    ``course.grading.checks.install`` instead, which registers them and then calls :func:`install_state`.
+    """
+    limit_memory(memory_limit_bytes)
+    install_state(checkers={}, ExerciseFailed=_PlainFailure, call_student_code=None)
+
+
+def install_state(checkers: dict, ExerciseFailed, call_student_code, **extra) -> None:
+    """Record the checkers (name -> (checker, references, reference code objects)) and fingerprint everything."""
     _STATE.clear()
     _STATE.update(
-        checkers=by_name, exercises=exercises, ExerciseFailed=ExerciseFailed, trusted=_trusted_prefixes(),
-        call_student_code=exercises.core.call_student.__code__, setprofile=sys.setprofile,
-        getprofile=sys.getprofile, profile_funcs={sys.setprofile, sys.settrace, threading.setprofile,
-                                                  threading.settrace},
+        checkers=checkers, ExerciseFailed=ExerciseFailed, trusted=_trusted_prefixes(),
+        call_student_code=call_student_code, setprofile=sys.setprofile, getprofile=sys.getprofile,
+        profile_funcs={sys.setprofile, sys.settrace, threading.setprofile, threading.settrace},
         modules={name: sys.modules[name] for name in sys.modules if name == "course" or name.startswith("course.")},
-    )
+        **extra)
     _STATE["snapshot"], _STATE["classes"] = _snapshot()
+
+
+def code_objects(obj) -> list:
+    """The code objects that running obj executes first: a function's own, or every function in a class body."""
+    if isinstance(obj, type):
+        codes = []
+        for value in vars(obj).values():
+            if isinstance(value, (staticmethod, classmethod)):
+                value = value.__func__
+            elif isinstance(value, property):
+                codes += [f.__code__ for f in (value.fget, value.fset, value.fdel) if f is not None]
+                continue
+            if hasattr(value, "__code__"):
+                codes.append(value.__code__)
+        return codes
+    obj = getattr(obj, "__wrapped__", obj)
+    return [obj.__code__] if hasattr(obj, "__code__") else []
+
+
+def qualified_name(obj) -> str:
+    return f"{obj.__module__}.{obj.__qualname__}"
 
 
 # --------------------------------------------------------------------------- the watch
@@ -251,17 +255,15 @@ def _student_arguments(source: str, namespace: dict) -> list:
 
 def _is_alias_of(obj, refs) -> str | None:
     """The reference obj stands for, if it is one (an alias, a partial, a bound or wrapped one, a subclass)."""
-    from . import references
-
     seen = 0
     while seen < 10:
         seen += 1
         for ref in refs:
             if obj is ref or (isinstance(obj, type) and isinstance(ref, type) and issubclass(obj, ref)):
-                return references.qualified_name(ref)
+                return qualified_name(ref)
             code = getattr(obj, "__code__", None)
-            if code is not None and code in references.code_objects(ref):
-                return references.qualified_name(ref)
+            if code is not None and code in code_objects(ref):
+                return qualified_name(ref)
         if isinstance(obj, functools.partial):
             obj = obj.func
         elif hasattr(obj, "__func__"):
@@ -330,9 +332,10 @@ def run_check(nonce: str, grade_id: str, source: str) -> None:
 
 
 def bootstrap_source(memory_limit_bytes: int | None, checkers: bool = True) -> str:
-    """The first cell the grader runs in every kernel."""
-    return ("import course.grading.guard as _course_grading_guard\n"
-            f"_course_grading_guard.install({memory_limit_bytes!r}, checkers={checkers!r})\n"
+    """The first cell the grader runs in every kernel: the checkers' installer, or the plain one."""
+    module = "course.grading.checks" if checkers else "course.grading.guard"
+    return (f"import {module} as _course_grading_guard\n"
+            f"_course_grading_guard.install({memory_limit_bytes!r})\n"
             "del _course_grading_guard\n")
 
 

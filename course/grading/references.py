@@ -10,28 +10,15 @@ functions defined in its body (``__init__``, ``forward``, ...).
 """
 from __future__ import annotations
 
-import importlib
+import course.exercises as ex
+from course import attention, controlnet, ddim, ddpm, fid, forward, guidance, ldm, lora, pag, sde
+from course.exercises import datasets as ex_datasets
 
-
-def _module(*names):
-    """The first of names that imports (modules are sometimes renamed; the registry names both spellings)."""
-    for name in names:
-        try:
-            return importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name != name:
-                raise
-    raise ModuleNotFoundError(f"none of {names} imports")
+from .guard import code_objects, qualified_name  # noqa: F401 - the registry's helpers, used by the tests
 
 
 def registry() -> dict:
     """{checker function: [reference functions and classes]} for every checker in course.exercises."""
-    import course.exercises as ex
-    from course import attention, controlnet, fid, forward, guidance, ldm, lora, pag, sde
-    from course.exercises import datasets as ex_datasets
-
-    ddpm = _module("course.ddpm", "course.losses")
-    ddim = _module("course.ddim", "course.sampling")
     entries = {
         ex.check_to_model_range: [ex_datasets.reference_to_model_range],
         ex.check_scaled_dot_product_attention: [attention.scaled_dot_product_attention, attention.attention_weights],
@@ -57,32 +44,9 @@ def registry() -> dict:
         ex.check_merge: [lora.merge_weight],
         ex.check_feature_statistics: [fid.feature_statistics],
         ex.check_frechet_distance: [fid.frechet_distance],
+        ex.check_langevin_step: [sde.langevin_step],
+        ex.check_stable_frechet_distance: [fid.frechet_distance, fid._psd_sqrt],
+        ex.check_cfg_epsilon: [guidance.cfg_predictions, guidance.cfg_eps_model, guidance.cfg_combine,
+                               guidance.cfg_combine_lambda],
     }
-    # checkers that newer versions of the exercise modules add
-    for checker, refs in [("check_langevin_step", lambda: [sde.langevin_step]),
-                          ("check_stable_frechet_distance", lambda: [fid.frechet_distance, fid._psd_sqrt]),
-                          ("check_cfg_epsilon", lambda: [guidance.cfg_predictions, guidance.cfg_eps_model])]:
-        if hasattr(ex, checker):
-            entries[getattr(ex, checker)] = refs()
     return entries
-
-
-def code_objects(obj) -> list:
-    """The code objects that running obj executes first: a function's own, or every function in a class body."""
-    if isinstance(obj, type):
-        codes = []
-        for value in vars(obj).values():
-            if isinstance(value, (staticmethod, classmethod)):
-                value = value.__func__
-            elif isinstance(value, property):
-                codes += [f.__code__ for f in (value.fget, value.fset, value.fdel) if f is not None]
-                continue
-            if hasattr(value, "__code__"):
-                codes.append(value.__code__)
-        return codes
-    obj = getattr(obj, "__wrapped__", obj)
-    return [obj.__code__] if hasattr(obj, "__code__") else []
-
-
-def qualified_name(obj) -> str:
-    return f"{obj.__module__}.{obj.__qualname__}"
