@@ -44,7 +44,7 @@ def main():
         torch.manual_seed(SEED)
         model, gen = models.TimeMLP(), torch.Generator().manual_seed(SEED)
         start = time.perf_counter()
-        history = fitting.fit(model.parameters(), lambda step: weighted_loss(
+        fitting.fit(model.parameters(), lambda step: weighted_loss(
             model, schedule, data[torch.randint(0, len(data), (BATCH,), generator=gen)], weights, gen),
             STEPS, LR, optimizer="adam", lr_schedule="cosine", desc=name)
         seconds = time.perf_counter() - start

@@ -27,3 +27,15 @@ def error_cells(nb):
 
 def read(path):
     return nbformat.read(path, as_version=4)
+
+
+def paste_solutions(student, instructor):
+    """A student copy with the instructor's solution cells pasted back, matched by grade_id: a fully solved copy."""
+    from course import grading
+
+    solutions = {grading._meta(c)["grade_id"]: c.source for c in instructor.cells
+                 if grading.is_solution_cell(c)}
+    for cell in student.cells:
+        if grading.is_solution_cell(cell):
+            cell.source = solutions[grading._meta(cell)["grade_id"]]
+    return student

@@ -8,7 +8,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 from course import grading
 from course.grading import cli
-from conftest import NOTEBOOKS, error_cells, execute_notebook, read
+from conftest import NOTEBOOKS, error_cells, execute_notebook, paste_solutions, read
 
 GRADED = [p for p in NOTEBOOKS if grading.check_cells(read(p))]
 
@@ -136,19 +136,11 @@ def test_released_notebook_fails_exactly_at_its_check_cells(path, graded_copies)
         assert "not implemented yet" in "".join(o.get("evalue", "") for o in nb.cells[i].outputs)
 
 
-def _paste_solutions(student, instructor):
-    solutions = {grading._meta(c)["grade_id"]: c.source for c in instructor.cells if grading.is_solution_cell(c)}
-    for cell in student.cells:
-        if grading.is_solution_cell(cell):
-            cell.source = solutions[grading._meta(cell)["grade_id"]]
-    return student
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("path", GRADED, ids=lambda p: p.name)
 def test_reference_solutions_pasted_back_get_full_marks(path, graded_copies, tmp_path):
     instructor = graded_copies / "instructor" / path.name
-    student = _paste_solutions(read(graded_copies / "student" / path.name), read(instructor))
+    student = paste_solutions(read(graded_copies / "student" / path.name), read(instructor))
     submitted = tmp_path / path.name
     nbformat.write(student, submitted)
     report = grading.grade(submitted, instructor)
@@ -159,7 +151,7 @@ def test_reference_solutions_pasted_back_get_full_marks(path, graded_copies, tmp
 @pytest.mark.slow
 def test_one_wrong_exercise_loses_exactly_its_points_and_edited_checks_do_not_help(graded_copies, tmp_path):
     path = graded_copies / "instructor" / next(p.name for p in GRADED if p.name.startswith("02"))
-    student = _paste_solutions(read(graded_copies / "student" / path.name), read(path))
+    student = paste_solutions(read(graded_copies / "student" / path.name), read(path))
     for cell in student.cells:
         if grading._meta(cell).get("grade_id") == "q_posterior":  # a wrong variance
             cell.source = cell.source.replace("variance = (1 - alpha_bar_prev) / (1 - alpha_bar) * betas",

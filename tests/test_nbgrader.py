@@ -8,7 +8,7 @@ import nbformat
 import pytest
 
 from course import grading
-from conftest import NOTEBOOKS, ROOT, read
+from conftest import NOTEBOOKS, ROOT, paste_solutions, read
 
 ASSIGNMENT = ["00_start_here.ipynb", "02_forward_reverse.ipynb"]  # the two quickest notebooks with exercises
 
@@ -60,14 +60,6 @@ def _run(course, *args):
     return out
 
 
-def _solve(released, instructor):
-    solutions = {grading._meta(c)["grade_id"]: c.source for c in instructor.cells if grading.is_solution_cell(c)}
-    for cell in released.cells:
-        if grading.is_solution_cell(cell):
-            cell.source = solutions[grading._meta(cell)["grade_id"]]
-    return released
-
-
 @pytest.mark.slow
 def test_nbgrader_generate_assignment_and_autograde(tmp_path):
     course = tmp_path / "course"
@@ -89,7 +81,7 @@ def test_nbgrader_generate_assignment_and_autograde(tmp_path):
             submitted = course / "submitted" / student / "ps1"
             submitted.mkdir(parents=True, exist_ok=True)
             if student == "solved":
-                released = _solve(released, read(ROOT / "notebooks" / name))
+                released = paste_solutions(released, read(ROOT / "notebooks" / name))
             nbformat.write(released, submitted / name)
     _run(course, "autograde", "ps1", "--force", "--create")
 
