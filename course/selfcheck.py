@@ -8,7 +8,7 @@ import time
 from importlib import metadata
 
 from . import checkpoints, datasets, models
-from .device import get_device
+from .device import get_device, thread_report
 
 EXPECTED_TORCH = "2.13.0"
 
@@ -81,8 +81,7 @@ def run() -> list[tuple[str, bool, str]]:
     rows.append(("torch pinned", torch_version == EXPECTED_TORCH, f"{torch.__version__} (expected {EXPECTED_TORCH})"))
     missing = [k for k, v in found.items() if v == "MISSING"]
     rows.append(("packages installed", not missing, ", ".join(f"{k} {v}" for k, v in found.items())))
-    rows.append(("device", True, f"{get_device()} (torch threads: {torch.get_num_threads()}, "
-                                 f"cuda available: {torch.cuda.is_available()})"))
+    rows.append(("device", True, f"{get_device()} ({thread_report()}; cuda available: {torch.cuda.is_available()})"))
     start = time.perf_counter()
     try:
         with network_blocked():
