@@ -9,7 +9,7 @@ import torch
 
 from course import datasets, ldm, metrics, plotting, prompt_to_prompt, widgets
 from course.exercises import ExerciseFailed, check_cross_attention_layer, check_reparameterize_and_kl
-from course.exercises.ldm import _cross_attention_variant
+from course.exercises.ldm import _cross_attention_variant, _vae_cases, kl_mistakes
 
 
 # --------------------------------------------------------------------------- autoencoder terms
@@ -155,12 +155,27 @@ def test_vae_checker_passes_the_reference():
     (lambda m, l, e: (ldm.reparameterize(m, l, e), (0.5 * (m ** 2 + l.exp() - 1 - l)).mean()), "do not average over"),
     (lambda m, l, e: (ldm.reparameterize(m, l, e), 0.5 * (m ** 2 + l.exp() - l).flatten(1).sum(1).mean()), "-1 per"),
     (lambda m, l, e: (ldm.reparameterize(m, l, e), 0.5 * (m ** 2 + l.exp() - 1 + l).flatten(1).sum(1).mean()), "minus"),
+    (lambda m, l, e: (ldm.reparameterize(m, l, e), (m ** 2 + l.exp() - 1 - l).flatten(1).sum(1).mean()), "factor 1/2"),
+    (lambda m, l, e: (ldm.reparameterize(m, l, e), (0.5 * (m ** 2 + l.exp() - 1 - l)).sum()), "average over the batch"),
+    (lambda m, l, e: (ldm.reparameterize(m, l, e), 0.5 * (m ** 2 + (l / 2).exp() - 1 - l).flatten(1).sum(1).mean()),
+     "sigma\\^2 = exp\\(logvar\\)"),
+    (lambda m, l, e: (ldm.reparameterize(m, l, e), 0.5 * (l.exp() - 1 - l).flatten(1).sum(1).mean()), "mean\\^2 term"),
     (lambda m, l, e: (ldm.reparameterize(m, l, e).detach(), ldm.kl_to_standard_normal(m, l)), "differentiable"),
     (lambda m, l, e: ldm.reparameterize(m, l, e), "pair"),
 ])
 def test_vae_checker_rejects_wrong_answers(wrong, message):
     with pytest.raises(ExerciseFailed, match=message):
         check_reparameterize_and_kl(wrong)
+
+
+def test_vae_cases_tell_every_kl_mistake_apart():
+    """Each wrong KL must differ from the reference and from every other mistake in the first case, so each gets
+    its own message (with batch 2, summing over the batch and forgetting the 1/2 both give 2 KL)."""
+    _, mean, logvar, _ = _vae_cases()[0]
+    values = [ldm.kl_to_standard_normal(mean, logvar)] + [wrong for wrong, _ in kl_mistakes(mean, logvar)]
+    for i, a in enumerate(values):
+        for b in values[i + 1:]:
+            assert not torch.isclose(a, b, rtol=1e-3)
 
 
 def test_cross_attention_checker_passes_the_reference():

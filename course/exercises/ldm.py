@@ -12,12 +12,35 @@ from .core import ExerciseFailed, call_student, compare, passed
 def _vae_cases():
     gen = torch.Generator().manual_seed(0)
     cases = []
-    for shape, spread in [((2, 4, 8, 8), 1.0), ((5, 4, 8, 8), 3.0), ((3, 2, 4, 4), 0.3), ((1, 1, 1, 1), 2.0)]:
+    # batch sizes 3, 5, 4 (and a last case of 1): with batch 2, summing over the batch (2 KL) would equal forgetting
+    # the 1/2 (also 2 KL), and one message would be given for the other mistake
+    for shape, spread in [((3, 4, 8, 8), 1.0), ((5, 4, 8, 8), 3.0), ((4, 2, 4, 4), 0.3), ((1, 1, 1, 1), 2.0)]:
         mean = torch.randn(shape, generator=gen) * spread
         logvar = torch.randn(shape, generator=gen) * spread - 1.0
         eps = torch.randn(shape, generator=gen)
         cases.append((f"mean, logvar, eps of shape {shape}", mean, logvar, eps))
     return cases
+
+
+def kl_mistakes(mean: torch.Tensor, logvar: torch.Tensor) -> list:
+    """[(wrong kl, message)]: the KL terms students write instead of the reference, each with what to fix."""
+    per_element = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar)
+
+    def per_sample_mean(terms):
+        return terms.flatten(1).sum(1).mean()
+
+    return [(2 * per_element.flatten(1).sum(1).mean(), "the KL has a factor 1/2: 0.5 (mean^2 + sigma^2 - 1 - log sigma^2)"),
+            (per_element.mean(), "sum the KL over each sample's elements (then average over the batch), do not "
+                                 "average over elements"),
+            (per_element.sum(), "average over the batch after summing over each sample's elements"),
+            (per_sample_mean(0.5 * (mean.pow(2) + logvar.exp() - logvar)),
+             "the KL has a -1 per element: 0.5 (mean^2 + sigma^2 - 1 - log sigma^2)"),
+            (per_sample_mean(0.5 * (mean.pow(2) + logvar.exp() - 1 + logvar)),
+             "the log term has a minus sign: - log sigma^2"),
+            (per_sample_mean(0.5 * (mean.pow(2) + (0.5 * logvar).exp() - 1 - logvar)),
+             "the variance term is sigma^2 = exp(logvar), not sigma"),
+            (per_sample_mean(0.5 * (logvar.exp() - 1 - logvar)), "the KL has a mean^2 term: 0.5 (mean^2 + sigma^2 "
+                                                                   "- 1 - log sigma^2)")]
 
 
 def check_reparameterize_and_kl(student_fn) -> None:
@@ -42,14 +65,7 @@ def check_reparameterize_and_kl(student_fn) -> None:
         if not isinstance(kl, torch.Tensor) or kl.dim() != 0:
             raise ExerciseFailed(name, "kl must be a scalar tensor: sum over each sample's elements, then average "
                                        f"over the batch\nwhile checking: {case}")
-        per_element = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar)
-        for wrong, hint in [(per_element.mean(), "sum the KL over each sample's elements (then average over the "
-                                                 "batch), do not average over elements"),
-                            (per_element.sum(), "average over the batch after summing over each sample's elements"),
-                            (0.5 * (mean.pow(2) + logvar.exp() - logvar).flatten(1).sum(1).mean(),
-                             "the KL has a -1 per element: 0.5 (mean^2 + sigma^2 - 1 - log sigma^2)"),
-                            (0.5 * (mean.pow(2) + logvar.exp() - 1 + logvar).flatten(1).sum(1).mean(),
-                             "the log term has a minus sign: - log sigma^2")]:
+        for wrong, hint in kl_mistakes(mean, logvar):
             if not torch.isclose(wrong, kl_ref) and torch.isclose(kl.detach(), wrong, atol=1e-5, rtol=1e-5):
                 raise ExerciseFailed(name, f"kl: {hint}\nwhile checking: {case}")
         compare(name, "kl", kl, kl_ref, case, atol=1e-4, rtol=1e-5)
