@@ -16,12 +16,13 @@ OUT ?=
 JOBS ?=
 TIMEOUT ?= 120
 
-.PHONY: lab test venv kernel release grade grade-all checkpoints bench clean help
+.PHONY: lab test test-all venv kernel release grade grade-all checkpoints bench clean help
 
 help:
 	@echo "make lab      set up .venv, register the kernel, start JupyterLab on notebooks/00_start_here.ipynb"
 	@echo "              (NO_BROWSER=1 to only print the URL; PORT=8888)"
 	@echo "make test     set up .venv and run unit tests, nbval on every notebook, release and grading tests"
+	@echo "make test-all the same, and grade every notebook with exercises end to end (not only 02 and 06): ~20 min more"
 	@echo "make release  write student notebooks (solutions removed, outputs cleared) to release/"
 	@echo "make grade NB=release/02_forward_reverse.ipynb   grade one student notebook"
 	@echo "make grade-all DIR=submissions/   grade a class (one sub-folder per student): gradebook.csv, reports,"
@@ -49,6 +50,9 @@ lab: kernel
 
 test: venv
 	$(PY) -m pytest -q tests --nbval-lax notebooks
+
+test-all: venv
+	COURSE_GRADE_ALL=1 $(PY) -m pytest -q tests --nbval-lax notebooks
 
 release: venv
 	$(PY) -m course.grading release
