@@ -248,12 +248,15 @@ def test_score_adaptation_reports_new_and_old_figures(unet):
 
 class _RightLoRA(nn.Module):
     def __init__(self, base, r, alpha, zero_A=False, random_B=False, train_base=False, scaling=None,
-                 no_base=False, detach=False):
+                 no_base=False, detach=False, plain_tensors=False, frozen_B=False):
         super().__init__()
         self.base = base if train_base else base.requires_grad_(False)
-        self.lora_A = nn.Parameter(torch.zeros(r, base.in_features) if zero_A else
-                                   torch.randn(r, base.in_features) / base.in_features ** 0.5)
-        self.lora_B = nn.Parameter(torch.randn(base.out_features, r) if random_B else torch.zeros(base.out_features, r))
+        A = torch.zeros(r, base.in_features) if zero_A else torch.randn(r, base.in_features) / base.in_features ** 0.5
+        B = torch.randn(base.out_features, r) if random_B else torch.zeros(base.out_features, r)
+        if plain_tensors:  # trainable tensors, yet not registered: layer.parameters() does not see them
+            self.lora_A, self.lora_B = A.requires_grad_(True), B.requires_grad_(True)
+        else:
+            self.lora_A, self.lora_B = nn.Parameter(A), nn.Parameter(B, requires_grad=not frozen_B)
         self.scaling = alpha / r if scaling is None else scaling(alpha, r)
         self.no_base, self.detach = no_base, detach
 
@@ -269,10 +272,26 @@ def _variant(**kwargs):
     return make
 
 
+class _RegisteredLoRA(nn.Module):
+    """A correct variant: the matrices registered with register_parameter, the scale applied to A x first."""
+
+    def __init__(self, base, r, alpha):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.register_parameter("lora_A", nn.Parameter(torch.randn(r, base.in_features) / base.in_features ** 0.5))
+        self.register_parameter("lora_B", nn.Parameter(torch.zeros(base.out_features, r)))
+        self.alpha, self.r = alpha, r
+
+    def forward(self, x):
+        return self.base(x) + torch.nn.functional.linear(self.alpha / self.r * (x @ self.lora_A.T), self.lora_B)
+
+
 def test_lora_layer_checker_passes_the_reference_and_the_package(capsys):
     check_lora_layer(_variant())
     check_lora_layer(lambda base, r, alpha: lora.LoRALinear(copy.deepcopy(base), r, alpha))
-    assert capsys.readouterr().out.count("LoRALayer: all") == 2
+    check_lora_layer(lambda base, r, alpha: _RegisteredLoRA(copy.deepcopy(base), r, alpha))
+    check_lora_layer(_variant(scaling=lambda alpha, r: float(alpha) / float(r)))
+    assert capsys.readouterr().out.count("LoRALayer: all") == 4
 
 
 @pytest.mark.parametrize("wrong, message", [
@@ -282,6 +301,10 @@ def test_lora_layer_checker_passes_the_reference_and_the_package(capsys):
     (_variant(scaling=lambda alpha, r: 1.0), "multiply B A x by alpha / r"),
     (_variant(scaling=lambda alpha, r: alpha), "not alpha"),
     (_variant(scaling=lambda alpha, r: r / alpha), "not r / alpha"),
+    (_variant(scaling=lambda alpha, r: alpha // r), "integer"),
+    (_variant(scaling=lambda alpha, r: int(alpha / r)), "integer"),
+    (_variant(plain_tensors=True), "plain tensor with requires_grad=True: wrap it in nn.Parameter"),
+    (_variant(frozen_B=True), "must be trainable"),
     (_variant(no_base=True), "output before training"),
     (_variant(detach=True), "no gradient"),
     (lambda base, r, alpha: "not a module", "nn.Module"),

@@ -11,8 +11,9 @@ from .core import ExerciseFailed, call_student, compare, passed
 def _layer_cases():
     gen = torch.Generator().manual_seed(0)
     cases = []
-    for d_in, d_out, r, alpha, bias in [(6, 5, 2, 4.0, True), (64, 64, 4, 4.0, True), (8, 3, 1, 2.0, False),
-                                        (16, 32, 8, 16.0, True)]:
+    # alpha is not a multiple of r in the second and fifth cases: alpha // r (integer division) differs there
+    for d_in, d_out, r, alpha, bias in [(6, 5, 2, 4.0, True), (6, 5, 3, 7.0, True), (64, 64, 4, 4.0, True),
+                                        (8, 3, 1, 2.0, False), (16, 32, 8, 20.0, True)]:
         base = nn.Linear(d_in, d_out, bias=bias)
         with torch.no_grad():
             base.weight.copy_(torch.randn(d_out, d_in, generator=gen) / d_in ** 0.5)
@@ -35,8 +36,13 @@ def _parameter(name, layer, attr, shape, case):
         raise ExerciseFailed(name, f"self.{attr} has shape {tuple(value.shape)}, expected {shape}{hint}: A maps "
                                    f"d_in -> r, B maps r -> d_out, as nn.Linear stores weights (out, in)"
                                    f"\nwhile checking: {case}")
+    if not isinstance(value, nn.Parameter):
+        raise ExerciseFailed(name, f"self.{attr} is a plain tensor{' with requires_grad=True' if value.requires_grad else ''}"
+                                   f": wrap it in nn.Parameter(...), or layer.parameters() does not list it and an "
+                                   f"optimiser built from them would never update it\nwhile checking: {case}")
     if not value.requires_grad:
-        raise ExerciseFailed(name, f"self.{attr} must be trainable: wrap it in nn.Parameter\nwhile checking: {case}")
+        raise ExerciseFailed(name, f"self.{attr} must be trainable: do not freeze it (requires_grad_(False) is for "
+                                   f"the base layer)\nwhile checking: {case}")
     return value
 
 
@@ -77,6 +83,8 @@ def check_lora_layer(student_class) -> None:
             for wrong, hint in [(expected_start + update, "the update is not scaled: multiply B A x by alpha / r"),
                                 (expected_start + alpha * update, "scale the update by alpha / r, not alpha"),
                                 (expected_start + r / alpha * update, "the scale is alpha / r, not r / alpha"),
+                                (expected_start + (alpha // r) * update, "alpha // r is integer (floor) division: "
+                                 "the scale is alpha / r, a fraction when alpha is not a multiple of r"),
                                 (alpha / r * update, "add the base layer's output W x + b")]:
                 if torch.allclose(got.detach(), wrong, atol=1e-5) and not torch.allclose(wrong, expected, atol=1e-5):
                     raise ExerciseFailed(name, f"{hint}\nwhile checking: {case}, A and B set to random values")
