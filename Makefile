@@ -1,11 +1,13 @@
 # Two commands on a fresh machine:
 #   make lab    set up .venv and open the workbook in JupyterLab (NO_BROWSER=1 for a headless machine)
 #   make test   set up .venv and run the whole suite (what .ci/run runs)
+#   make demo NB=06_cfg   a notebook as a dashboard, code hidden, for a projector (Voila)
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+KERNEL_SPEC = $(VENV)/share/jupyter/kernels/$(KERNEL_NAME)/kernel.json
 PORT ?= 8888
 NO_BROWSER ?=
 LAB_TOKEN ?=
@@ -16,13 +18,14 @@ OUT ?=
 JOBS ?=
 TIMEOUT ?= 120
 
-.PHONY: lab test test-all venv kernel release grade grade-all checkpoints bench clean help
+.PHONY: lab test test-all demo venv kernel release grade grade-all checkpoints bench clean help
 
 help:
 	@echo "make lab      set up .venv, register the kernel, start JupyterLab on notebooks/00_start_here.ipynb"
 	@echo "              (NO_BROWSER=1 to only print the URL; PORT=8888)"
 	@echo "make test     set up .venv and run unit tests, nbval on every notebook, release and grading tests"
 	@echo "make test-all the same, and grade every notebook with exercises end to end (not only 02 and 06): ~20 min more"
+	@echo "make demo NB=06_cfg   serve one notebook as a dashboard with its code hidden (Voila; PORT, NO_BROWSER=1)"
 	@echo "make release  write student notebooks (solutions removed, outputs cleared) to release/"
 	@echo "make grade NB=release/02_forward_reverse.ipynb   grade one student notebook"
 	@echo "make grade-all DIR=submissions/   grade a class (one sub-folder per student): gradebook.csv, reports,"
@@ -38,21 +41,35 @@ $(STAMP): requirements.txt pyproject.toml
 
 venv: $(STAMP)
 
-kernel: venv
+# The notebooks declare the kernel $(KERNEL_NAME): registered inside .venv (which the venv's Jupyter prefers, so
+# tests and demos run this clone's Python) and, by `make kernel`/`make lab`, for the user (any Jupyter, VS Code).
+$(KERNEL_SPEC): $(STAMP)
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL_NAME) --display-name "Diffusion workbook (.venv)" >/dev/null
+
+kernel: $(KERNEL_SPEC)
 	$(PY) -m ipykernel install --user --name $(KERNEL_NAME) --display-name "Diffusion workbook (.venv)" >/dev/null
 	@echo "registered the Jupyter kernel '$(KERNEL_NAME)'"
 
+# nbstripout as this repository's git filter: git reads the notebooks without outputs (cell ids kept)
 lab: kernel
+	@if git rev-parse --git-dir >/dev/null 2>&1; then $(VENV)/bin/nbstripout --install && \
+		git config filter.nbstripout.clean "'$(abspath $(PY))' -m nbstripout --keep-id" && \
+		echo "git filter installed: notebooks reach git without their outputs (nbstripout)"; fi
 	$(VENV)/bin/jupyter lab notebooks/00_start_here.ipynb --port=$(PORT) --ServerApp.ip=127.0.0.1 \
 		--ServerApp.root_dir=$(CURDIR) $(if $(NO_BROWSER),--no-browser) \
 		$(if $(filter 0,$(shell id -u)),--allow-root) \
 		$(if $(LAB_TOKEN),--IdentityProvider.token=$(LAB_TOKEN))
 
-test: venv
+test: $(KERNEL_SPEC)
 	$(PY) -m pytest -q tests --nbval-lax notebooks
 
-test-all: venv
+test-all: $(KERNEL_SPEC)
 	COURSE_GRADE_ALL=1 $(PY) -m pytest -q tests --nbval-lax notebooks
+
+demo: $(KERNEL_SPEC)
+	@test -n "$(NB)" || (echo "usage: make demo NB=06_cfg (a notebook's name, or a path to an .ipynb)" && exit 2)
+	$(VENV)/bin/voila $(if $(filter %.ipynb,$(NB)),$(NB),notebooks/$(NB).ipynb) --port=$(PORT) --Voila.ip=127.0.0.1 \
+		$(if $(NO_BROWSER),--no-browser) $(if $(LAB_TOKEN),--token=$(LAB_TOKEN)) --show_tracebacks=True
 
 release: venv
 	$(PY) -m course.grading release
