@@ -6,15 +6,26 @@ import warnings
 
 import torch
 
-from ..ldm import CAPTION_WORDS, tokens_of
-from ..prompt_to_prompt import sample_with_attention, token_maps
+from ..ldm import CAPTION_WORDS, MAX_TOKENS, tokens_of
+from ..prompt_to_prompt import sample_with_attention, token_maps, token_shares
 from ..plotting import grid_png
+
+
+def diverging_rgb(values: torch.Tensor, span: float) -> torch.Tensor:
+    """(N, 1, H, W) values -> (N, 3, H, W) in [-1, 1]: blue at -span, white at 0, red at +span (matplotlib's RdBu_r)."""
+    from matplotlib import colormaps
+
+    unit = ((values / max(span, 1e-8)).clamp(-1, 1) + 1) / 2
+    rgb = torch.as_tensor(colormaps["RdBu_r"](unit[:, 0].numpy())[..., :3], dtype=torch.float32)
+    return rgb.permute(0, 3, 1, 2) * 2 - 1
 
 
 class TextToImageExplorer:
     """Type a prompt, pick a guidance scale and a token: samples, and where that token's cross-attention falls.
 
-    Each (prompt, w) is sampled once (``n`` samples from fixed noise, DDIM ``steps``) and kept, so going back
+    The map shows p - 1/N (N = MAX_TOKENS, a uniform softmax gives each token 1/N): red where locations read the
+    token more than uniform, blue where less, on one scale for all the tokens of the prompt (the readout gives it,
+    with each token's share of the attention and the share of <eos> and the padding). Each (prompt, w) is sampled once (``n`` samples from fixed noise, DDIM ``steps``) and kept, so going back
     is instant; ``latencies`` records each new setting's seconds. Unknown words become <unk> (the readout says so),
     an empty prompt means "any shape".
     """
@@ -49,19 +60,19 @@ class TextToImageExplorer:
                 warnings.simplefilter("ignore")
                 images, control = sample_with_attention(self.unet, self.vae, self.text_encoder, [prompt] * self.n,
                                                         self.scaling_factor, w, self.steps, z_T=self.z_T)
-            self.cache[key] = (images, token_maps(control))
+            self.cache[key] = (images, token_maps(control), token_shares(control).mean(0))
             self.latencies.append(time.perf_counter() - start)
         return self.cache[key]
 
     def show(self):
         prompt = self.prompt.value
-        images, _ = self.run(prompt, self.guidance.value)
+        images = self.run(prompt, self.guidance.value)[0]
         self.samples_image.value = grid_png(images, ncols=self.n)
         tokens = tokens_of(prompt)
         unknown = [w for w in prompt.lower().split() if w not in CAPTION_WORDS]
         note = f"unknown words {unknown} -> <unk>; " if unknown else ""
         note += "empty prompt: any shape, any colour; " if not prompt.strip() else ""
-        self.readout.value = note + "tokens: " + " ".join(tokens)
+        self.note = note + "tokens: " + " ".join(tokens)
         options = [(f"{i}: {t}", i) for i, t in enumerate(tokens)]
         if [o[1] for o in self.token.options] != [o[1] for o in options] or \
                 [o[0] for o in self.token.options] != [o[0] for o in options]:
@@ -72,10 +83,15 @@ class TextToImageExplorer:
     def show_map(self):
         if self.token.value is None:
             return
-        _, maps = self.run(self.prompt.value, self.guidance.value)
-        token_map = maps[:, self.token.value:self.token.value + 1]
-        scaled = token_map / token_map.amax(dim=(2, 3), keepdim=True).clamp(min=1e-8)
-        self.map_image.value = grid_png(scaled * 2 - 1, ncols=self.n)
+        _, maps, shares = self.run(self.prompt.value, self.guidance.value)
+        n_tokens = len(tokens_of(self.prompt.value))
+        excess = maps - 1 / MAX_TOKENS
+        span = excess.abs().amax().item()  # one scale for every token of this prompt
+        self.map_image.value = grid_png(diverging_rgb(excess[:, self.token.value:self.token.value + 1], span),
+                                        ncols=self.n)
+        self.readout.value = (f"{self.note} | map: p - 1/{MAX_TOKENS}, blue -{span:.3f} .. red +{span:.3f} | "
+                              f"attention share of <eos> + padding {shares[n_tokens - 1:].sum():.0%}; this token "
+                              f"{shares[self.token.value]:.0%}")
 
     def _ipython_display_(self):
         from IPython.display import display
