@@ -181,18 +181,27 @@ def control_loss(unet, controlnet, x_0, condition, labels, schedule, generator=N
 
 
 def train_controlnet(unet, steps: int, batch_size: int = 64, lr: float = 1e-3, zero_init: bool = True,
-                     label_dropout: float = 0.5, seed: int = 0, progress: bool = True, callback=None):
+                     label_dropout: float = 0.5, seed: int = 0, progress: bool = True, callback=None,
+                     pairs: int | None = None):
     """Train a ControlNet for the frozen ``unet`` on (mask, digit) pairs of the training digits.
 
     Returns (controlnet, losses). Half of the labels are dropped to the null label, so the control alone
     must carry the shape. ``callback(step, controlnet)``, if given, is called before the first step and after
     each one (step = optimiser steps taken), e.g. to score a learning curve; it runs in eval mode, without grad.
+    ``pairs`` keeps only that many training pairs (a seeded random subset, drawn with ``seed``): the little
+    paired data of the paper's setting. None uses all 1,500.
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     unet = unet.eval().requires_grad_(False)
     controlnet = ControlNet(unet, zero_init=zero_init)
     images, labels = datasets.digits("train")
+    if pairs is not None:
+        pairs = validate.positive_int("pairs", pairs)
+        if pairs > len(images):
+            raise ValueError(f"pairs = {pairs} but the training split has {len(images)} digits")
+        keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:pairs]
+        images, labels = images[keep], labels[keep]
     masks, schedule = digit_masks(images), get_schedule("linear")
 
     def report(step):
@@ -249,6 +258,25 @@ def distance_from_base(unet, controlnet, n: int = 64, seed: int = 0) -> float:
     base = unet_with_control(unet, x_t, t, labels)
     steered = unet_with_control(unet, x_t, t, labels, controlnet(x_t, t, digit_masks(images), labels))
     return ((steered - base).norm() / base.norm()).item()
+
+
+COPIED_PARTS = ("conv_in", "time_embedding", "class_embedding", "down_blocks", "mid_block")
+
+
+@torch.no_grad()
+def copy_drift(unet, controlnet) -> float:
+    """How far the trainable copy Theta_c has moved from the pretrained weights it was copied from:
+    |Theta_c - Theta| / |Theta| over every copied tensor (the encoder, its embeddings, the middle block).
+    0 at step 0; the zero convolutions and the condition embedding are not counted (they have no original)."""
+    squared_change, squared_norm = 0.0, 0.0
+    for part in COPIED_PARTS:
+        if getattr(unet, part, None) is None:
+            continue
+        base = dict(getattr(unet, part).named_parameters())
+        for name, p in getattr(controlnet, part).named_parameters():
+            squared_change += (p - base[name]).pow(2).sum().item()
+            squared_norm += base[name].pow(2).sum().item()
+    return (squared_change / squared_norm) ** 0.5
 
 
 # --------------------------------------------------------------------------- conditions for the widget

@@ -8,7 +8,7 @@ from torch import nn
 from course import checkpoints, datasets, metrics, models, widgets
 from course import controlnet as cn
 from course.schedules import get_schedule
-from course.exercises import ExerciseFailed, check_add_control, check_zero_conv
+from course.exercises import ExerciseFailed, check_add_control, check_control_residuals, check_zero_conv
 
 
 @pytest.fixture(scope="module")
@@ -294,3 +294,78 @@ def _in_place(down, mid, control_down, control_mid):
 def test_check_add_control_rejects_wrong_answers(wrong, message):
     with pytest.raises(ExerciseFailed, match=message):
         check_add_control(wrong)
+
+
+# --------------------------------------------------------------------------- check_control_residuals
+
+
+def _residuals(net, x_t, t, condition, labels, scale=1.0, mistake=None, base=None):
+    """The notebook's solution, and the mistakes students make in it."""
+    source = base if base is not None else net  # base: the frozen UNet's blocks used instead of the copy's
+    emb = cn.time_and_class_embedding(source, x_t, t, labels)
+    h = source.conv_in(x_t)
+    if mistake != "no condition":
+        h = h + net.condition_embedding(condition)
+    residuals = [] if mistake in ("no first", "no first, crash") else [h]
+    for block in source.down_blocks:
+        h, res = block(hidden_states=h, temb=emb)
+        residuals += res
+    h = source.mid_block(h, emb)
+    convs = list(net.zero_convs)[1:] if mistake == "no first" else list(net.zero_convs)
+    mistake = "no first" if mistake == "no first, crash" else mistake
+    if mistake == "scale inside":
+        return tuple(conv(scale * r) for conv, r in zip(convs, residuals)), net.mid_zero_conv(scale * h)
+    if mistake == "no scale":
+        scale = 1.0
+    mid = h if mistake == "no mid conv" else net.mid_zero_conv(h)
+    down = tuple(scale * r if mistake == "no zero convs" else scale * conv(r) for conv, r in zip(convs, residuals))
+    if mistake == "no zero convs":
+        mid = scale * h
+        return down, mid
+    if mistake == "detach":
+        return tuple(r.detach() for r in down), (scale * mid).detach()
+    if mistake == "list":
+        return list(down) + [scale * mid]
+    return down, scale * mid
+
+
+def _residuals_functional(net, x_t, t, condition, labels, scale=1.0):
+    """A correct variant: the zero convolutions applied with F.conv2d, torch.mul for the scale, a list returned."""
+    emb = cn.time_and_class_embedding(net, x_t, t, labels)
+    h = net.condition_embedding(condition) + net.conv_in(x_t)
+    features = [h]
+    for block in net.down_blocks:
+        h, res = block(hidden_states=h, temb=emb)
+        features.extend(res)
+    mid = net.mid_block(h, emb)
+    down = [torch.mul(torch.nn.functional.conv2d(f, z.weight, z.bias), scale) for f, z in zip(features, net.zero_convs)]
+    return down, torch.mul(net.mid_zero_conv(mid), scale)
+
+
+def test_check_control_residuals_passes_the_solution_and_variants(capsys):
+    check_control_residuals(_residuals)
+    check_control_residuals(_residuals_functional)
+    check_control_residuals(lambda net, *args: net.forward(*args[:4], scale=args[4]))  # the package (outside grading)
+    assert capsys.readouterr().out.count("control_residuals: all") == 3
+
+
+@pytest.mark.parametrize("mistake, message", [
+    ("no condition", "the condition never enters"),
+    ("no first", "first skip connection is missing"),
+    ("no first, crash", "raised RuntimeError"),  # zipped with all the zero convolutions: the widths do not match
+    ("no zero convs", "without their zero convolutions"),
+    ("scale inside", "not its input"),
+    ("no scale", "scale is not applied"),
+    ("no mid conv", "mid_zero_conv"),
+    ("detach", "carry no gradient"),
+    ("list", "return a pair"),
+])
+def test_check_control_residuals_rejects_wrong_answers(mistake, message):
+    with pytest.raises(ExerciseFailed, match=message):
+        check_control_residuals(lambda *args: _residuals(*args, mistake=mistake))
+
+
+def test_check_control_residuals_rejects_the_base_models_blocks(unet):
+    # the frozen base's encoder instead of the trainable copy's: right shapes, wrong values
+    with pytest.raises(ExerciseFailed, match="the ControlNet's own .copied. blocks|control residual 0"):
+        check_control_residuals(lambda net, *args: _residuals(net, *args, base=unet))

@@ -20,4 +20,4 @@ from .guidance import check_cfg_combine, check_cfg_epsilon, check_classifier_gui
 from .sde import check_langevin_step, check_pf_ode_drift, check_reverse_em_step  # noqa: F401
 from .lora import check_lora_layer, check_merge  # noqa: F401
 from .ldm import check_cross_attention_layer, check_reparameterize_and_kl  # noqa: F401
-from .controlnet import check_add_control, check_zero_conv  # noqa: F401
+from .controlnet import check_add_control, check_control_residuals, check_zero_conv  # noqa: F401

@@ -1,4 +1,5 @@
-"""Checkers for notebook 09: the zero convolution, and injecting the control residuals into the base UNet."""
+"""Checkers for notebook 09: the zero convolution, the ControlNet's forward pass (its control residuals), and
+injecting the control residuals into the base UNet."""
 from __future__ import annotations
 
 import torch
@@ -6,7 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import controlnet
-from ..models import load_digits_unet
+from diffusers import UNet2DModel
+
+from ..models import NULL_LABEL, load_digits_unet
 from .core import ExerciseFailed, call_student, compare, passed
 
 
@@ -189,3 +192,117 @@ def check_add_control(student_fn) -> None:
             "ControlNet's residuals, injected by your add_control", atol=1e-5, rtol=1e-5)
     passed(name, len(cases) + 1, "same order, added not replaced, middle block too, inputs unchanged, and the "
                                  "digits UNet steered by a ControlNet through your function")
+
+
+# --------------------------------------------------------------------------- the ControlNet's forward pass
+
+
+def _residuals_variant(net, x_t, t, condition, labels, scale, mistake=None):
+    """The control residuals, or the result of one typical mistake (to name it in the message)."""
+    emb = controlnet.time_and_class_embedding(net, x_t, t, labels)
+    h = net.conv_in(x_t)
+    if mistake != "no condition":
+        h = h + net.condition_embedding(condition)
+    residuals = [h] if mistake != "no first residual" else []
+    for block in net.down_blocks:
+        h, res = block(hidden_states=h, temb=emb)
+        residuals += res
+    h = net.mid_block(h, emb)
+    convs = list(net.zero_convs)[:len(residuals)] if mistake != "no first residual" else list(net.zero_convs)[1:]
+    if mistake == "no zero convs":
+        return tuple(scale * r for r in residuals), scale * h
+    if mistake == "scale inside":
+        return tuple(conv(scale * r) for conv, r in zip(convs, residuals)), net.mid_zero_conv(scale * h)
+    if mistake == "no scale":
+        scale = 1.0
+    mid = h if mistake == "no mid conv" else net.mid_zero_conv(h)
+    return tuple(scale * conv(r) for conv, r in zip(convs, residuals)), scale * mid
+
+
+def _random_small_unet(seed):
+    torch.manual_seed(seed)
+    return UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       num_class_embeds=3, norm_num_groups=4).eval()
+
+
+def _perturbed_controlnet(unet, seed):
+    """A ControlNet of ``unet`` as if trained: random 'zero' convolutions and embedding, and a copy whose weights
+    differ from the base's (so that using the base's blocks instead of the copy's is caught)."""
+    torch.manual_seed(seed)
+    net = controlnet.ControlNet(unet, zero_init=False).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for part in controlnet.COPIED_PARTS:
+            for p in getattr(net, part).parameters():
+                p.add_(0.05 * p.std().nan_to_num(0.0) * torch.randn(p.shape, generator=gen))
+    return net
+
+
+def check_control_residuals(student_fn) -> None:
+    """Check ``control_residuals(net, x_t, t, condition, class_labels, scale)``: the ControlNet's forward pass,
+    eq. 2 over the whole encoder: conv_in(x_t) + condition embedding, the copy's down blocks and middle block,
+    each feature through its own zero convolution, times the conditioning scale."""
+    name = "control_residuals"
+    digits_unet = load_digits_unet()
+    gen = torch.Generator().manual_seed(3)
+    cases = []
+    for unet, seed, batch, size, scale, labels in [
+            (digits_unet, 0, 2, 16, 1.0, torch.tensor([3, NULL_LABEL])),
+            (digits_unet, 1, 3, 16, 0.7, torch.tensor([0, 5, 9])),
+            (_random_small_unet(2), 2, 2, 8, 1.5, torch.tensor([1, 2]))]:
+        net = _perturbed_controlnet(unet, seed)
+        x_t = torch.randn(batch, 1, size, size, generator=gen)
+        t = torch.randint(0, 1000, (batch,), generator=gen)
+        condition = torch.rand(batch, 1, size, size, generator=gen).round()
+        cases.append((f"a ControlNet of {'the digits UNet' if unet is digits_unet else 'a small random UNet2DModel'}"
+                      f" ({len(net.zero_convs)} skip connections) with trained-like (non-zero) zero convolutions, "
+                      f"x_t of shape {tuple(x_t.shape)}, scale {scale:g}", net, x_t, t, condition, labels, scale))
+    hints = {"no condition": "the condition never enters: the copy's input is conv_in(x_t) plus the condition "
+                             "embedding of c (eq. 2's x + Z(c; Θ_z1))",
+             "no first residual": "the first skip connection is missing: the encoder's first feature, the input "
+                                  "convolution's output (condition included), is a skip connection too",
+             "no zero convs": "the features are returned without their zero convolutions Z(.; Θ_z2)",
+             "scale inside": "the scale multiplies the zero convolution's output, not its input (Z has a bias: "
+                             "Z(s h) = s a h + b differs from s Z(h))",
+             "no scale": "the conditioning scale is not applied: multiply every residual (and the middle one) by it",
+             "no mid conv": "the middle block's output must pass through its own zero convolution (mid_zero_conv)"}
+    for case, net, x_t, t, condition, labels, scale in cases:
+        with torch.no_grad():
+            expected_down, expected_mid = _residuals_variant(net, x_t, t, condition, labels, scale)
+        result = call_student(name, student_fn, case, net, x_t, t, condition, labels, scale)
+        if not isinstance(result, (tuple, list)) or len(result) != 2 or not isinstance(result[0], (tuple, list)):
+            raise ExerciseFailed(name, "return a pair: (a tuple with one control residual per skip connection, the "
+                                       f"middle one)\nwhile checking: {case}")
+        got_down, got_mid = result
+        got_all = [*got_down, got_mid]
+        if not all(isinstance(g, torch.Tensor) for g in got_all):
+            raise ExerciseFailed(name, f"every residual should be a torch.Tensor\nwhile checking: {case}")
+        got_all = [g.detach() for g in got_all]
+        for mistake, hint in hints.items():
+            with torch.no_grad():
+                wrong_down, wrong_mid = _residuals_variant(net, x_t, t, condition, labels, scale, mistake)
+            if _all_close(got_all, [*wrong_down, wrong_mid]) and not _all_close(got_all, [*expected_down, expected_mid]):
+                raise ExerciseFailed(name, f"{hint}\nwhile checking: {case}")
+        if len(got_down) != len(expected_down):
+            raise ExerciseFailed(name, f"{len(got_down)} control residuals returned, but the UNet has "
+                                       f"{len(expected_down)} skip connections (the input convolution's output, then "
+                                       f"every residual each down block returns)\nwhile checking: {case}")
+        for i, (g, e) in enumerate(zip(got_down, expected_down)):
+            compare(name, f"control residual {i}", g.detach(), e, case + ": use the ControlNet's own (copied) "
+                    "blocks, and zero convolution i for skip connection i", atol=1e-5, rtol=1e-4)
+        compare(name, "the middle control residual", got_mid.detach(), expected_mid, case, atol=1e-5, rtol=1e-4)
+    # gradients must flow into the ControlNet (its zero convolutions), or it cannot be trained
+    net, x_t, t, condition, labels = cases[0][1:6]
+    net.zero_grad()
+    down, mid = call_student(name, student_fn, cases[0][0], net, x_t, t, condition, labels, 1.0)
+    if not mid.requires_grad:
+        raise ExerciseFailed(name, "the residuals carry no gradient: do not use torch.no_grad() or detach, the "
+                                   "ControlNet is trained through them")
+    (sum(r.sum() for r in down) + mid.sum()).backward()
+    if net.mid_zero_conv.weight.grad is None or net.condition_embedding.conv_in.weight.grad is None:
+        raise ExerciseFailed(name, "no gradient reaches the zero convolutions and the condition embedding")
+    net.zero_grad()
+    passed(name, len(cases) + 1, "condition added to conv_in(x_t), every skip connection through its own zero "
+                                 "convolution, the middle one too, scale outside Z, the copy's blocks, two "
+                                 "UNet layouts, gradients flow")

@@ -40,6 +40,7 @@ def registry() -> dict:
         ex.check_cross_attention_layer: [ldm.cross_attention_layer],
         ex.check_zero_conv: [controlnet.zero_conv],
         ex.check_add_control: [controlnet.add_control],
+        ex.check_control_residuals: [controlnet.ControlNet.forward, controlnet.ControlNet.encode],
         ex.check_lora_layer: [lora.LoRALinear],
         ex.check_merge: [lora.merge_weight],
         ex.check_feature_statistics: [fid.feature_statistics],
