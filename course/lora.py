@@ -240,21 +240,107 @@ def bold_digits(split: str = "train", per_class: int | None = None, seed: int = 
     return bold(images), labels
 
 
+def framed(images: torch.Tensor) -> torch.Tensor:
+    """The new concept of the forgetting test: a one-pixel white frame around the image, in [-1, 1].
+
+    Sharp and legible at 16x16 (unlike a thickened stroke, which blurs into a blob), and measurable: see
+    ``frame_score``. The digit inside is left as it was.
+    """
+    images = validate.floating("images", images)
+    if images.dim() != 4:
+        raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
+    out = images.clone()
+    out[..., 0, :] = out[..., -1, :] = out[..., :, 0] = out[..., :, -1] = 1.0
+    return out
+
+
+def frame_score(images: torch.Tensor) -> torch.Tensor:
+    """Per image: the mean brightness of the outermost ring of pixels, mapped to [0, 1]. A framed image scores
+    1; the real digits score about 0.15 (a few strokes touch the edge)."""
+    images = validate.floating("images", images)
+    if images.dim() != 4 or min(images.shape[-2:]) < 3:
+        raise ValueError(f"images must have shape (N, C, H, W) with H, W >= 3, got {tuple(images.shape)}")
+    border = torch.ones(images.shape[-2:], dtype=torch.bool)
+    border[1:-1, 1:-1] = False
+    return ((images.clamp(-1, 1)[..., border] + 1) / 2).flatten(1).mean(1)
+
+
+IDENTIFIER_LABEL = NUM_DIGIT_CLASSES + 1  # 11: after the ten digits and the null label, a label the base never saw
+
+
+def with_identifier(base: nn.Module, seed: int = 0) -> nn.Module:
+    """A deep copy of the class-conditional UNet with one more class label, ``IDENTIFIER_LABEL``: DreamBooth's
+    rare identifier ("a [V] dog"). Its embedding is a random vector of the digit embeddings' mean length (seeded):
+    an input the model has never been trained on, which fine-tuning binds to the new concept."""
+    model = copy.deepcopy(base)
+    old = model.class_embedding
+    if not isinstance(old, nn.Embedding) or old.num_embeddings != NUM_DIGIT_CLASSES + 1:
+        raise ValueError(f"expected the digits UNet's class embedding of {NUM_DIGIT_CLASSES + 1} labels, got {old}")
+    new = nn.Embedding(old.num_embeddings + 1, old.embedding_dim)
+    with torch.no_grad():
+        new.weight[:-1] = old.weight
+        direction = torch.randn(old.embedding_dim, generator=torch.Generator().manual_seed(seed))
+        new.weight[-1] = direction / direction.norm() * old.weight[:NUM_DIGIT_CLASSES].norm(dim=1).mean()
+    new.requires_grad_(old.weight.requires_grad)
+    model.class_embedding = new
+    return model
+
+
+def concept_digits(classes=(3, 5, 8), per_class: int = 5, seed: int = 0):
+    """The instance set of the forgetting test: ``per_class`` framed training digits of each of ``classes``
+    (seeded), all labelled ``IDENTIFIER_LABEL``. Returns (images, identifier labels, the digits they show)."""
+    images, labels = digits("train")
+    per_class = validate.positive_int("per_class", per_class)
+    gen = torch.Generator().manual_seed(seed)
+    keep = []
+    for digit in classes:
+        if not 0 <= int(digit) < NUM_DIGIT_CLASSES:
+            raise ValueError(f"classes must be digits 0-9, got {digit}")
+        idx = torch.nonzero(labels == int(digit)).flatten()
+        keep.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
+    keep = torch.cat(keep)
+    return framed(images[keep]), torch.full((len(keep),), IDENTIFIER_LABEL), labels[keep]
+
+
+def optimizer_state_bytes(model: nn.Module, optimizer: str = "adamw") -> dict:
+    """Measured, not computed: the bytes of the optimiser's state (AdamW: exp_avg and exp_avg_sq per trainable
+    weight) after one step on a copy of ``model``, and of the gradients, beside the bytes of all the weights."""
+    model = copy.deepcopy(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("no parameter of the model requires grad")
+    opt = fitting.OPTIMIZERS[optimizer](params, lr=0.0)
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    state = sum(v.nbytes for s in opt.state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0)
+    return {"optimizer_state_bytes": state, "gradient_bytes": sum(p.grad.nbytes for p in params),
+            "weight_bytes": sum(p.nbytes for p in model.parameters())}
+
+
 # --------------------------------------------------------------------------- fine-tuning
 
 def fine_tune(unet: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int = 300, batch_size: int = 16,
               lr: float = 1e-3, seed: int = 0, label_dropout: float = 0.15, desc: str = "fine-tuning",
-              progress: bool = True) -> dict:
+              progress: bool = True, prior=None, prior_weight: float = 1.0) -> dict:
     """L_simple (Ho et al. eq. 14) on (images, labels), updating only the parameters that require grad.
 
     The same loop serves LoRA (only A and B are trainable) and full fine-tuning (everything is): AdamW, no weight
     decay, a constant learning rate, the base recipe's label dropout so the null label keeps working.
+    ``prior = (prior_images, prior_labels)`` adds DreamBooth's prior-preservation term (Ruiz et al. 2023, eq. 2):
+    each step also draws ``batch_size`` of these (samples of the frozen base model, with the labels they were
+    drawn for) and adds ``prior_weight`` times their L_simple, so the model keeps drawing what it drew before.
     Returns {"losses": per-step losses, "seconds": wall time, **count_parameters(unet)}.
     """
     images, labels = validate.floating("images", images), validate.as_tensor("labels", labels).long()
     steps, batch_size = validate.positive_int("steps", steps), validate.positive_int("batch_size", batch_size)
     if len(images) != len(labels):
         raise ValueError(f"images and labels differ in length: {len(images)} and {len(labels)}")
+    if prior is not None:
+        prior_images, prior_labels = validate.floating("prior images", prior[0]), prior[1].long()
+        if len(prior_images) != len(prior_labels) or prior_images.shape[1:] != images.shape[1:]:
+            raise ValueError(f"prior must be (images, labels) of the training images' shape {tuple(images.shape[1:])}"
+                             f", one label each; got {tuple(prior_images.shape)} and {tuple(prior_labels.shape)}")
     params = [p for p in unet.parameters() if p.requires_grad]
     if not params:
         raise ValueError("no parameter of the model requires grad: inject LoRA, or unfreeze it for full fine-tuning")
@@ -264,11 +350,19 @@ def fine_tune(unet: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps
     unet.train()
     start = time.perf_counter()
 
+    def l_simple(x_0, y):
+        y = y.clone()
+        y[torch.rand(len(y), generator=gen) < label_dropout] = NULL_LABEL
+        return ddpm.random_l_simple(lambda x, t: unet(x, t, class_labels=y).sample, schedule, x_0, gen)
+
     def batch_loss(step):
         idx = torch.randint(0, len(images), (batch_size,), generator=gen)
-        y = labels[idx].clone()
-        y[torch.rand(batch_size, generator=gen) < label_dropout] = NULL_LABEL
-        return ddpm.random_l_simple(lambda x, t: unet(x, t, class_labels=y).sample, schedule, images[idx], gen)
+        loss = l_simple(images[idx], labels[idx])
+        if prior is None:
+            return loss
+        idx = torch.randint(0, len(prior_images), (batch_size,), generator=gen)
+        prior_loss = l_simple(prior_images[idx], prior_labels[idx])
+        return loss + prior_weight * prior_loss, {"prior": f"{prior_loss.item():.4f}"}
 
     history = fitting.fit(params, batch_loss, steps, lr, desc=desc, progress=progress)
     seconds = time.perf_counter() - start
@@ -299,6 +393,33 @@ def sample_digits(unet: nn.Module, labels: torch.Tensor, seed: int = 0, steps: i
     return ddim.sample_in_batches(lambda y: (lambda x, t: unet(x, t, class_labels=y).sample), labels,
                                   get_schedule("linear"), steps, seed=seed, x_T=x_T, batch_size=batch_size,
                                   progress=progress)
+
+
+@torch.no_grad()
+def score_forgetting(unet: nn.Module, base_samples: torch.Tensor | None = None, per_class: int = 50,
+                     identifier_n: int = 100, seed: int = 0, steps: int = 10, network=None) -> dict:
+    """The forgetting test: what happens to the labels fine-tuning never showed (the ten digits) and whether the
+    identifier learnt the concept.
+
+    Untouched classes: ``per_class`` samples of each digit 0-9 from fixed noise (``seed``): class accuracy and FID
+    against the held-out digits (course.fid.evaluate, with its floor), the frame score (does the concept leak into
+    them), and, given the base model's samples from the same noise, the mean absolute pixel change from them.
+    Identifier: ``identifier_n`` samples of IDENTIFIER_LABEL (if the model has it): their frame score.
+    """
+    network = network or fid.feature_network()
+    labels = torch.arange(NUM_DIGIT_CLASSES).repeat_interleave(per_class)
+    samples = sample_digits(unet, labels, seed=seed, steps=steps)
+    report = fid.evaluate(samples, labels, seed=seed, network=network)
+    out = {"n": len(samples), "class_accuracy": report["class_accuracy"], "fid": report["fid"],
+           "fid_floor": report["fid_floor"], "leak_frame_score": frame_score(samples).mean().item(),
+           "samples": samples}
+    if base_samples is not None:
+        out["pixel_change"] = (samples - base_samples).abs().mean().item() / 2  # in units of the [0, 1] range
+    if unet.class_embedding.num_embeddings > IDENTIFIER_LABEL:
+        concept = sample_digits(unet, torch.full((identifier_n,), IDENTIFIER_LABEL), seed=seed + 1, steps=steps)
+        out["identifier_frame_score"] = frame_score(concept).mean().item()
+        out["identifier_samples"] = concept
+    return out
 
 
 def score_adaptation(unet: nn.Module, n: int = 200, seed: int = 0, steps: int = 10, network=None,

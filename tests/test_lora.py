@@ -198,6 +198,79 @@ def test_bold_digits_thicken_the_strokes_and_keep_split_and_labels():
     assert torch.equal(small, lora.bold_digits("train", per_class=3, seed=0)[0])
 
 
+def test_framed_digits_score_one_and_real_digits_do_not():
+    from course import datasets
+
+    images, _ = datasets.digits("test")
+    framed = lora.framed(images)
+    assert torch.equal(framed[..., 1:-1, 1:-1], images[..., 1:-1, 1:-1])  # the digit inside is untouched
+    assert torch.allclose(lora.frame_score(framed), torch.ones(len(images)))
+    assert lora.frame_score(images).mean() < 0.3
+    with pytest.raises(ValueError, match="shape"):
+        lora.frame_score(torch.zeros(16, 16))
+
+
+def test_the_identifier_is_a_new_label_and_the_base_is_left_alone(unet):
+    model = lora.with_identifier(unet)
+    assert model.class_embedding.num_embeddings == unet.class_embedding.num_embeddings + 1 == lora.IDENTIFIER_LABEL + 1
+    assert torch.equal(model.class_embedding.weight[:-1], unet.class_embedding.weight)
+    x_t, t = torch.randn(2, 1, 16, 16), torch.tensor([500, 500])
+    with torch.no_grad():  # the digits' labels give the base model's output exactly
+        assert torch.equal(model(x_t, t, class_labels=torch.tensor([3, 7])).sample,
+                           unet(x_t, t, class_labels=torch.tensor([3, 7])).sample)
+        model(x_t, t, class_labels=torch.full((2,), lora.IDENTIFIER_LABEL))
+    adapted = lora.lora_copy(model, r=2)
+    assert not adapted.class_embedding.weight.requires_grad  # LoRA leaves the identifier's embedding frozen
+    with pytest.raises(ValueError, match="class embedding"):
+        lora.with_identifier(model)
+    images, labels, shown = lora.concept_digits((3, 5), per_class=2)
+    assert len(images) == 4 and (labels == lora.IDENTIFIER_LABEL).all() and set(shown.tolist()) == {3, 5}
+    assert torch.allclose(lora.frame_score(images), torch.ones(4))
+
+
+def test_optimizer_state_is_measured_in_bytes(unet):
+    adapted = lora.lora_copy(unet, r=4)
+    trainable = lora.count_parameters(adapted)["trainable"]
+    memory = lora.optimizer_state_bytes(adapted)
+    assert memory["optimizer_state_bytes"] == 2 * 4 * trainable  # AdamW: exp_avg and exp_avg_sq, float32
+    assert memory["gradient_bytes"] == 4 * trainable
+    full = lora.optimizer_state_bytes(lora.full_copy(unet))
+    assert full["optimizer_state_bytes"] == 2 * 4 * lora.count_parameters(unet)["total"] == 2 * full["weight_bytes"]
+    assert all(p.grad is None for p in adapted.parameters())  # measured on a copy
+
+
+def test_prior_preservation_adds_the_prior_term_and_checks_its_shape(unet):
+    model = lora.lora_copy(lora.with_identifier(unet), r=2)
+    images, labels, _ = lora.concept_digits((3,), per_class=2)
+    prior_images, prior_labels = torch.rand(4, 1, 16, 16) * 2 - 1, torch.tensor([0, 1, 2, 3])
+    plain = lora.fine_tune(copy.deepcopy(model), images, labels, steps=2, batch_size=2, seed=1, progress=False)
+    with_prior = lora.fine_tune(copy.deepcopy(model), images, labels, steps=2, batch_size=2, seed=1, progress=False,
+                                prior=(prior_images, prior_labels))
+    assert with_prior["losses"][0] > plain["losses"][0]  # the same instance term plus a positive prior term
+    with pytest.raises(ValueError, match="prior"):
+        lora.fine_tune(model, images, labels, steps=1, prior=(prior_images[:, :, :8], prior_labels), progress=False)
+
+
+def test_score_forgetting_reports_the_untouched_classes_and_the_identifier(unet):
+    model = lora.with_identifier(unet)
+    report = lora.score_forgetting(model, per_class=2, identifier_n=3, steps=2)
+    assert report["n"] == 20 and 0 <= report["class_accuracy"] <= 1 and report["samples"].shape == (20, 1, 16, 16)
+    assert 0 <= report["leak_frame_score"] <= 1 and report["identifier_samples"].shape == (3, 1, 16, 16)
+    again = lora.score_forgetting(model, base_samples=report["samples"], per_class=2, identifier_n=3, steps=2)
+    assert again["pixel_change"] == 0.0  # the same model from the same noise
+
+
+def test_the_explorer_labels_its_images():
+    from PIL import Image
+    import io
+
+    png = widgets.lora.labelled_grid_png(torch.zeros(3, 1, 16, 16), ["0", "1", "[V]"], ncols=3)
+    plain = Image.open(io.BytesIO(plotting.grid_png(torch.zeros(3, 1, 16, 16), 3)))
+    labelled = Image.open(io.BytesIO(png))
+    assert labelled.width == plain.width and labelled.height == plain.height + 12
+    assert widgets.lora.label_name(lora.IDENTIFIER_LABEL) == "[V]" and widgets.lora.label_name(4) == "4"
+
+
 def test_fine_tune_updates_only_the_adapter_and_is_seeded(unet):
     images, labels = lora.bold_digits("train", per_class=1)
     runs = []
