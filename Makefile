@@ -18,7 +18,7 @@ OUT ?=
 JOBS ?=
 TIMEOUT ?= 120
 
-.PHONY: lab test test-all demo venv kernel release grade grade-all checkpoints bench clean help
+.PHONY: lab test test-all demo git-filter update venv kernel release grade grade-all checkpoints bench clean help
 
 help:
 	@echo "make lab      set up .venv, register the kernel, start JupyterLab on notebooks/00_start_here.ipynb"
@@ -26,6 +26,7 @@ help:
 	@echo "make test     set up .venv and run unit tests, nbval on every notebook, release and grading tests"
 	@echo "make test-all the same, and grade every notebook with exercises end to end (not only 02 and 06): ~20 min more"
 	@echo "make demo NB=06_cfg   serve one notebook as a dashboard with its code hidden (Voila; PORT, NO_BROWSER=1)"
+	@echo "make update  pull the course's next version (outputs of notebooks you ran are no obstacle)"
 	@echo "make release  write student notebooks (solutions removed, outputs cleared) to release/"
 	@echo "make grade NB=release/02_forward_reverse.ipynb   grade one student notebook"
 	@echo "make grade-all DIR=submissions/   grade a class (one sub-folder per student): gradebook.csv, reports,"
@@ -51,10 +52,18 @@ kernel: $(KERNEL_SPEC)
 	@echo "registered the Jupyter kernel '$(KERNEL_NAME)'"
 
 # nbstripout as this repository's git filter: git reads the notebooks without outputs (cell ids kept)
-lab: kernel
+git-filter:
 	@if git rev-parse --git-dir >/dev/null 2>&1; then $(VENV)/bin/nbstripout --install && \
 		git config filter.nbstripout.clean "'$(abspath $(PY))' -m nbstripout --keep-id" && \
 		echo "git filter installed: notebooks reach git without their outputs (nbstripout)"; fi
+
+# pull the course's next version: git first re-reads the notebooks through the filter (outputs are no change;
+# edited cells are, and a pull that would overwrite them stops)
+update: git-filter
+	git add -u -- '*.ipynb'
+	git pull --ff-only
+
+lab: kernel git-filter
 	$(VENV)/bin/jupyter lab notebooks/00_start_here.ipynb --port=$(PORT) --ServerApp.ip=127.0.0.1 \
 		--ServerApp.root_dir=$(CURDIR) $(if $(NO_BROWSER),--no-browser) \
 		$(if $(filter 0,$(shell id -u)),--allow-root) \
