@@ -78,7 +78,8 @@ test-all: $(KERNEL_SPEC)
 demo: $(KERNEL_SPEC)
 	@test -n "$(NB)" || (echo "usage: make demo NB=06_cfg (a notebook's name, or a path to an .ipynb)" && exit 2)
 	$(VENV)/bin/voila $(if $(filter %.ipynb,$(NB)),$(NB),notebooks/$(NB).ipynb) --port=$(PORT) --Voila.ip=127.0.0.1 \
-		$(if $(NO_BROWSER),--no-browser) $(if $(LAB_TOKEN),--token=$(LAB_TOKEN)) --show_tracebacks=True
+		$(if $(NO_BROWSER),--no-browser) $(if $(LAB_TOKEN),--token=$(LAB_TOKEN)) --show_tracebacks=True \
+		--VoilaConfiguration.extension_denylist='["@jupyter/nbgrader", "@jupyter-notebook/lab-extension", "@voila-dashboards/jupyterlab-preview"]'
 
 release: venv
 	$(PY) -m course.grading release
