@@ -151,6 +151,11 @@ def load_digits_unet(directory: Path | None = None):
     return checkpoints.load_model("digits_unet", lambda config: build_digits_unet(), directory)
 
 
+def load_digits_flow(directory: Path | None = None):
+    """The shipped digits flow UNet of notebook 12: the same UNet trained with the CFM loss (sha256-verified)."""
+    return checkpoints.load_model("digits_flow", lambda config: build_digits_unet(), directory)
+
+
 def load_noisy_classifier(directory: Path | None = None) -> NoisyDigitClassifier:
     """The shipped time-dependent classifier p_phi(y | x_t, t) of notebook 06 (sha256-verified)."""
     return checkpoints.load_model("noisy_digit_classifier", lambda config: NoisyDigitClassifier(**config), directory)
