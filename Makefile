@@ -97,7 +97,8 @@ checkpoints: venv
 
 bench: venv
 	cd benchmarks && for script in fid_speed.py scrubber_latency.py league_table.py ddim_table.py sde_samplers.py \
-		cfg_table.py pag_table.py lora_table.py ldm_table.py p2p_edits.py controlnet_table.py ddpm_weighting.py notebook_times.py; do \
+		cfg_table.py pag_table.py lora_table.py ldm_table.py p2p_edits.py controlnet_table.py ddpm_weighting.py notebook_times.py \
+		browser_latency.py threads_under_load.py; do \
 		../$(PY) $$script || exit 1; done
 
 clean:

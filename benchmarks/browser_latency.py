@@ -1,0 +1,122 @@
+"""Widget latency in a real browser: from the input event to the new image's `load`, median and p95.
+
+JupyterLab in headless Chromium opens tests/browser/widget_gallery.ipynb with GALLERY_SIZE=full (every widget at the
+size its notebook uses), runs it all, and then moves each widget's controls from the keyboard as a person would. The
+first move of each widget happens right after Run All has finished. A move is "new" when the widget must compute
+that setting, "cached" when it only swaps an image it already has. `uptime`'s load average is recorded beside the
+figures: a loaded machine is slower, and the figures say how loaded it was.
+
+    python browser_latency.py [--name browser_latency] [--threads N]
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from common import print_table, save  # noqa: E402
+from jupyterlab_server import (ConsoleErrors, LabServer, launch_browser, move_control, open_notebook,  # noqa: E402
+                               run_all_and_wait)
+
+# per widget: (action, argument, new or cached); the gallery's start values make each one's kind known
+PLAN = {
+    "scrubber": [("key", "ArrowRight", "cached")] * 5 + [("key", "ArrowLeft", "cached")] * 5,
+    "attention": [("key", "ArrowRight", "new")] * 3 + [("key", "ArrowLeft", "cached")] * 3,
+    "ddim": [("select", "10", "new"), ("select", "20", "new"), ("key", "ArrowLeft", "new"),
+             ("key", "ArrowLeft", "new"), ("select", "5", "cached")],
+    "guidance": [("key", "ArrowRight", "new")] * 5 + [("key", "ArrowLeft", "cached")] * 2,
+    "pag": [("key", "ArrowRight", "cached"), ("click", "all three", "new"), ("key", "ArrowRight", "new"),
+            ("key", "ArrowRight", "new"), ("click", "mid", "cached")],
+    "ldm": [("key", "ArrowRight", "new"), ("key", "ArrowLeft", "cached"), ("key", "ArrowLeft", "new"),
+            ("key", "ArrowLeft", "new")],
+    "controlnet": [("key", "ArrowRight", "new"), ("key", "ArrowRight", "new"), ("key", "ArrowLeft", "cached"),
+                   ("key", "ArrowLeft", "cached"), ("key", "ArrowLeft", "new")],
+    "lora": [("key", "ArrowRight", "new"), ("key", "ArrowRight", "new"), ("key", "ArrowLeft", "cached"),
+             ("key", "ArrowLeft", "cached"), ("key", "ArrowLeft", "new")],
+}
+
+
+def click_latency(page, box, text):
+    """Click a toggle button by its text and time the click to the image's `load`."""
+    before = page.eval_on_selector_all(f"{box} img", "imgs => imgs.map(i => i.src)")
+    page.evaluate("""(selector) => {
+        window.__probe = {key: null, load: null};
+        for (const img of document.querySelectorAll(selector + ' img'))
+            img.addEventListener('load', () => { if (window.__probe.load === null)
+                window.__probe.load = performance.now(); }, {once: true});
+    }""", box)
+    button = page.locator(f"{box} button", has_text=text).first
+    button.scroll_into_view_if_needed()
+    page.evaluate("() => { window.__probe.key = performance.now(); }")
+    button.click()
+    page.wait_for_function("""([selector, before]) => [...document.querySelectorAll(selector + ' img')]
+        .some((img, i) => img.src !== before[i])""", arg=[box, before], timeout=300_000, polling="raf")
+    page.wait_for_function("() => window.__probe.load !== null", timeout=300_000, polling="raf")
+    return page.evaluate("() => window.__probe.load - window.__probe.key")
+
+
+def measure(threads=None):
+    from playwright.sync_api import sync_playwright
+
+    env = {"GALLERY_SIZE": "full"}
+    if threads:
+        env["COURSE_NUM_THREADS"] = str(threads)
+    rows, load_before = [], os.getloadavg()
+    with LabServer(env=env) as lab, sync_playwright() as playwright:
+        browser = launch_browser(playwright)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        errors = ConsoleErrors(page)
+        open_notebook(page, lab)
+        run_all_s = run_all_and_wait(page, timeout_ms=900_000)
+        for name, plan in PLAN.items():
+            box = f".gallery-{name}"
+            for i, (action, argument, kind) in enumerate(plan):
+                if action == "key":
+                    ms = move_control(page, box, key=argument, probe=True, timeout_ms=300_000)
+                elif action == "select":
+                    ms = move_control(page, box, select=argument, probe=True, timeout_ms=300_000)
+                else:
+                    ms = click_latency(page, box, argument)
+                rows.append({"widget": name, "move": i, "action": f"{action} {argument}", "kind": kind,
+                             "first_after_run_all": i == 0, "ms": round(ms, 1)})
+                print(f"{name:>10} {i} {action} {argument:<10} {kind:<6} {ms:8.1f} ms", flush=True)
+        browser.close()
+    return rows, run_all_s, load_before, os.getloadavg(), errors
+
+
+def summarise(rows):
+    out = []
+    for name in PLAN:
+        for kind in ("new", "cached"):
+            ms = sorted(r["ms"] for r in rows if r["widget"] == name and r["kind"] == kind)
+            if not ms:
+                continue
+            first = [r["ms"] for r in rows if r["widget"] == name and r["first_after_run_all"] and r["kind"] == kind]
+            out.append({"widget": name, "kind": kind, "moves": len(ms), "median_ms": statistics.median(ms),
+                        "p95_ms": ms[min(len(ms) - 1, int(0.95 * len(ms)))], "max_ms": ms[-1],
+                        "first_after_run_all_ms": first[0] if first else "-"})
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--name", default="browser_latency", help="results/NAME.json")
+    parser.add_argument("--threads", type=int, default=None, help="COURSE_NUM_THREADS for the kernel")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    rows, run_all_s, load_before, load_after, errors = measure(args.threads)
+    table = summarise(rows)
+    print_table(table, f"Browser latency, input -> new image loaded (Run All {run_all_s:.1f} s; load average "
+                       f"{load_before[0]:.2f} before, {load_after[0]:.2f} after)")
+    print(f"console errors: {len(errors)}; {time.perf_counter() - start:.0f} s in all")
+    save(args.name, table + [{"moves": rows}, {"settings": {
+        "run_all_s": round(run_all_s, 1), "load_average_before": [round(v, 2) for v in load_before],
+        "load_average_after": [round(v, 2) for v in load_after], "kernel_threads": args.threads or "course's rule",
+        "cpus": os.cpu_count(), "console_errors": list(errors)}}])
+
+
+if __name__ == "__main__":
+    main()
