@@ -251,3 +251,29 @@ def straightness(path: list[tuple[float, torch.Tensor]]) -> float:
         raise ValueError(f"the path must run from s = 1 to s = 0, got {s_first} to {s_last}")
     deviations = [(x - ((1 - s) * x_0 + s * x_1)).flatten(1).norm(dim=1).mean() for s, x in path]
     return float(torch.stack(deviations).mean())
+
+
+# --------------------------------------------------------------------------- against diffusers
+
+def shift_time(s, shift: float = 1.0):
+    """diffusers' (and Stable Diffusion 3's) time shift s' = shift s / (1 + (shift - 1) s): shift > 1 spends more
+    of the steps near the noise. shift = 1 leaves the grid alone."""
+    if not shift > 0:
+        raise ValueError(f"shift must be > 0, got {shift}")
+    return shift * s / (1 + (shift - 1) * s)
+
+
+def diffusers_scheduler(steps: int, shift: float = 1.0, grid: list[float] | None = None):
+    """diffusers' FlowMatchEulerDiscreteScheduler set to the workbook's grid (``flow_time_grid(steps)`` without its
+    final 0, which diffusers appends), so that its ``step`` can be compared with ``euler_step``.
+
+    Its conventions: its sigmas are our flow times s (1 = noise, 0 = data, the same direction as here), its
+    timesteps are 1000 sigma (our ``timestep``); its default grid (``set_timesteps(steps)``) ends at
+    sigma = 1/1000 before the jump to 0, and ``shift`` bends the grid by ``shift_time`` (SD3 uses 3.0).
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=int(TIME_SCALE), shift=shift)
+    sigmas = (grid or flow_time_grid(steps))[:-1]
+    scheduler.set_timesteps(sigmas=np.array(sigmas, dtype=np.float32))
+    return scheduler

@@ -12,7 +12,7 @@ from pathlib import Path
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 SCRIPTS = {"ddim_table": "ddim_table.py", "sde_samplers": "sde_samplers.py", "cfg_table": "cfg_table.py",
            "pag_table": "pag_table.py", "controlnet_table": "controlnet_table.py", "lora_table": "lora_table.py",
-           "league_table": "league_table.py", "ldm_table": "ldm_table.py"}
+           "league_table": "league_table.py", "ldm_table": "ldm_table.py", "flow_table": "flow_table.py"}
 
 
 def script_for(name: str) -> str:

@@ -94,6 +94,24 @@ def fit_toy(model: torch.nn.Module, data: torch.Tensor, schedule, steps: int, ba
     return fitting.fit(model.parameters(), batch_loss, steps, lr, optimizer="adam", lr_schedule=lr_schedule, desc=desc)
 
 
+def fit_flow_toy(model: torch.nn.Module, data: torch.Tensor, steps: int, batch_size: int = 512, lr: float = 2e-3,
+                 seed: int = 0, noise: torch.Tensor | None = None, desc: str = "flow matching",
+                 lr_schedule: str | None = "cosine") -> list[float]:
+    """Train a velocity model v_theta(x_s, 1000 s) on 2D points with the CFM loss; returns the loss of every step.
+
+    With ``noise`` (paired with ``data`` row by row: reflow) each point keeps its own eps instead of a fresh draw.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    velocity = flow.mlp_velocity(model)
+
+    def batch_loss(step):
+        idx = torch.randint(0, len(data), (batch_size,), generator=gen)
+        return flow.random_cfm_loss(lambda x, s: velocity(x, s), data[idx], gen,
+                                    eps=None if noise is None else noise[idx])
+
+    return fitting.fit(model.parameters(), batch_loss, steps, lr, optimizer="adam", lr_schedule=lr_schedule, desc=desc)
+
+
 def train_toy(recipe: Recipe, steps: int):
     torch.manual_seed(recipe.seed)
     data, _ = datasets.toy_2d(recipe.options["dataset"], n=10_000, seed=recipe.seed)
