@@ -143,6 +143,23 @@ def variational_bound(eps_model: EpsModel, schedule: NoiseSchedule, x_0: torch.T
     return {"prior": prior, "kl": kl, "decoder": decoder, "total": prior + kl.sum(0) + decoder}
 
 
+def variational_bounds(eps_model: EpsModel, schedule: NoiseSchedule, x_0: torch.Tensor, seed: int = 0,
+                       variances: tuple = ("beta_tilde", "beta"), progress: bool = False) -> dict:
+    """``variational_bound`` for several reverse variances, {variance: bound}, from one set of T model calls.
+
+    eps_theta(x_t, t) does not depend on the variance, and the same seed draws the same x_t at every t, so each
+    call is made once and reused.
+    """
+    calls = {}
+
+    def remembered(x_t, t):
+        key = int(t[0])
+        if key not in calls:
+            calls[key] = eps_model(x_t, t)
+        return calls[key]
+    return {variance: variational_bound(remembered, schedule, x_0, seed, variance, progress) for variance in variances}
+
+
 # --------------------------------------------------------------------------- ancestral sampling (Algorithm 2)
 
 def ddpm_step(schedule: NoiseSchedule, eps: torch.Tensor, x_t: torch.Tensor, t: int,

@@ -61,6 +61,20 @@ def test_variational_bound_is_tight_for_gaussian_data_with_the_exact_eps():
     assert abs(tight - entropy) < 0.03 and loose > entropy + 0.5
 
 
+def test_variational_bounds_share_the_model_calls_and_equal_separate_bounds():
+    schedule, x_0 = linear_schedule(), torch.randn(20, 2, generator=torch.Generator().manual_seed(3))
+    model, calls = models.TimeMLP(), []
+
+    def counted(x_t, t):
+        calls.append(int(t[0]))
+        return model(x_t, t)
+    both = ddpm.variational_bounds(counted, schedule, x_0, seed=1)
+    assert sorted(calls) == list(range(schedule.T))
+    for variance in ("beta_tilde", "beta"):
+        alone = ddpm.variational_bound(model, schedule, x_0, seed=1, variance=variance)
+        assert torch.allclose(both[variance]["total"], alone["total"])
+
+
 def test_variational_bound_of_the_shipped_gaussian_mixture_model_is_above_the_entropy():
     mixture, model = datasets.GaussianMixture2D(), models.load_toy("gaussian_mixture")
     x_0, _ = mixture.sample(500, seed=3)
