@@ -88,7 +88,9 @@ def main():
             time.sleep(1)  # let the busy loops take their cores
             load = os.getloadavg()[0]
             widget = run_case(WIDGET, [str(args.settings)], threads, timeout=1800)
-            notebook = run_case(NOTEBOOK, [args.notebook], threads, timeout=1800)
+            print(label, widget, flush=True)
+            notebook = run_case(NOTEBOOK, [str(Path(args.notebook).resolve())], threads, timeout=1800)
+            print(label, notebook, flush=True)
         finally:
             stop(procs)
         settings = widget["settings_s"]

@@ -51,6 +51,10 @@ class AttentionExplorer:
             control.observe(self._on_change, names="value")
         self.widget = widgets.VBox([widgets.HBox([self.head, self.query, self.temperature]), self.image])
         self._on_change()
+        for _, tau in self.temperature.options:  # warm: the first moves of tau after Run All only swap images
+            if (self.head.value, self.query.value, tau) not in self.cache:
+                self.cache[(self.head.value, self.query.value, tau)] = self.render(self.head.value, self.query.value,
+                                                                                   tau)
 
     def weights(self, head: int, temperature: float) -> torch.Tensor:
         """softmax(logits / tau) of one head, (L, S): tau < 1 sharpens, tau > 1 flattens."""

@@ -34,6 +34,7 @@ class DDIMExplorer:
             control.observe(self._on_setting, names="value")
         self.slider.observe(lambda change: self.show(), names="value")
         self._on_setting(None)
+        self.prerender(self.steps.value, self.eta.value)  # warm: the first scrub after Run All only swaps images
         self.widget = widgets.VBox([widgets.HBox([self.steps, self.eta]),
                                     widgets.HBox([self.slider, self.readout]), self.image])
 
@@ -53,13 +54,25 @@ class DDIMExplorer:
         self.slider.value = self.slider.max if at_end else min(self.slider.value, self.slider.max)
         self.show()
 
-    def show(self):
-        key = (self.steps.value, self.eta.value, self.slider.value)
-        t, x_t, x0_pred = self.trajectory(*key[:2])[key[2]]
+    def frame_png(self, steps: int, eta: float, index: int) -> bytes:
+        """PNG of frame ``index`` of the (steps, eta) trajectory, rendered the first time it is asked for."""
+        key = (steps, eta, index)
         if key not in self.pngs:
+            t, x_t, x0_pred = self.trajectory(steps, eta)[index]
             self.pngs[key] = figure_to_png(self._render(t, x_t, x0_pred), dpi=self.dpi)
             self.render_count += 1
-        self.image.value = self.pngs[key]
+        return self.pngs[key]
+
+    def prerender(self, steps: int, eta: float):
+        """Render every frame of the (steps, eta) trajectory now; the widget does it for its first setting when it is
+        built, so scrubbing right after Run All swaps images (other settings render each frame when first shown)."""
+        for index in range(len(self.trajectory(steps, eta))):
+            self.frame_png(steps, eta, index)
+
+    def show(self):
+        key = (self.steps.value, self.eta.value, self.slider.value)
+        t = self.trajectory(*key[:2])[key[2]][0]
+        self.image.value = self.frame_png(*key)
         self.readout.value = f"after {key[2]} of {self.slider.max} steps: " + (f"t = {t}" if t >= 0 else "x_0")
 
     def _render(self, t, x_t, x0_pred) -> Figure:
