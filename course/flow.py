@@ -90,21 +90,21 @@ def eps_from_velocity(x_s: torch.Tensor, v: torch.Tensor, s: float) -> torch.Ten
 
 def velocity_from_eps(x_s: torch.Tensor, eps: torch.Tensor, s: float) -> torch.Tensor:
     """v = eps - x_0 with x_0 = (x_s - s eps) / (1 - s): v = (eps - x_s) / (1 - s) on the linear path (s < 1)."""
-    if not s < 1:
+    if not bool((torch.as_tensor(s) < 1).all()):
         raise ValueError(f"velocity_from_eps needs s < 1 (x_0 is not determined by eps at s = 1), got {s}")
     return (eps - x_s) / (1 - s)
 
 
 def velocity_from_x0(x_s: torch.Tensor, x0: torch.Tensor, s: float) -> torch.Tensor:
     """v = (x_s - x_0) / s on the linear path (s > 0)."""
-    if not s > 0:
+    if not bool((torch.as_tensor(s) > 0).all()):
         raise ValueError(f"velocity_from_x0 needs s > 0, got {s}")
     return (x_s - x0) / s
 
 
 def score_from_velocity(x_s: torch.Tensor, v: torch.Tensor, s: float) -> torch.Tensor:
     """grad log p_s(x_s) = -E[eps | x_s] / s = -(x_s + (1 - s) v) / s: the marginal std of the linear path is s."""
-    if not s > 0:
+    if not bool((torch.as_tensor(s) > 0).all()):
         raise ValueError(f"score_from_velocity needs s > 0, got {s}")
     return -eps_from_velocity(x_s, v, s) / s
 

@@ -21,3 +21,4 @@ from .sde import check_langevin_step, check_pf_ode_drift, check_reverse_em_step 
 from .lora import check_lora_layer, check_merge  # noqa: F401
 from .ldm import check_cross_attention_layer, check_reparameterize_and_kl  # noqa: F401
 from .controlnet import check_add_control, check_control_residuals, check_zero_conv  # noqa: F401
+from .flow import check_cfm_loss, check_velocity_from_eps  # noqa: F401

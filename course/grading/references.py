@@ -11,7 +11,7 @@ functions defined in its body (``__init__``, ``forward``, ...).
 from __future__ import annotations
 
 import course.exercises as ex
-from course import attention, controlnet, ddim, ddpm, fid, forward, guidance, ldm, lora, pag, sde
+from course import attention, controlnet, ddim, ddpm, fid, flow, forward, guidance, ldm, lora, pag, sde
 from course.exercises import datasets as ex_datasets
 
 from .guard import code_objects, qualified_name  # noqa: F401 - the registry's helpers, used by the tests
@@ -49,5 +49,7 @@ def registry() -> dict:
         ex.check_stable_frechet_distance: [fid.frechet_distance, fid._psd_sqrt],
         ex.check_cfg_epsilon: [guidance.cfg_predictions, guidance.cfg_eps_model, guidance.cfg_combine,
                                guidance.cfg_combine_lambda],
+        ex.check_cfm_loss: [flow.cfm_loss, flow.random_cfm_loss, flow.linear_path],
+        ex.check_velocity_from_eps: [flow.velocity_from_eps],
     }
     return entries
