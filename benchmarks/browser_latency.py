@@ -24,7 +24,8 @@ from jupyterlab_server import (ConsoleErrors, LabServer, launch_browser, move_co
 # per widget: (action, argument, new or cached); the gallery's start values make each one's kind known
 PLAN = {
     "scrubber": [("key", "ArrowRight", "cached")] * 5 + [("key", "ArrowLeft", "cached")] * 5,
-    "attention": [("key", "ArrowRight", "new")] * 3 + [("key", "ArrowLeft", "cached")] * 3,
+    "attention": [("key", "ArrowRight", "cached")] * 3 + [("select", "head 1", "new"), ("key", "ArrowLeft", "new"),
+                  ("select", "head 0", "cached")],
     "ddim": [("select", "10", "new"), ("select", "20", "new"), ("key", "ArrowLeft", "new"),
              ("key", "ArrowLeft", "new"), ("select", "5", "cached")],
     "guidance": [("key", "ArrowRight", "new")] * 5 + [("key", "ArrowLeft", "cached")] * 2,
