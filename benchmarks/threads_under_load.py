@@ -90,7 +90,7 @@ def main():
             load = os.getloadavg()[0]
             widget = run_case(WIDGET, [str(args.settings)], threads, timeout=1800)
             print(label, widget, flush=True)
-            notebook = {"seconds": float("nan"), "error_outputs": "-"}
+            notebook = {"seconds": None, "error_outputs": "-"}
             if args.notebook != "none":
                 notebook = run_case(NOTEBOOK, [str(Path(args.notebook).resolve())], threads, timeout=1800)
                 print(label, notebook, flush=True)
@@ -100,7 +100,7 @@ def main():
         rows.append({"case": label, "torch_threads": widget["threads"], "busy": args.busy,
                      "load_1min": round(load, 2), "model_call_ms": round(widget["model_call_ms"], 1),
                      "setting_min_s": round(min(settings), 2), "setting_max_s": round(max(settings), 2),
-                     "notebook": Path(args.notebook).name, "notebook_s": round(notebook["seconds"], 1),
+                     "notebook": Path(args.notebook).name, "notebook_s": None if notebook["seconds"] is None else round(notebook["seconds"], 1),
                      "notebook_errors": notebook["error_outputs"], "choice": widget["choice"]})
         print(rows[-1], flush=True)
     print_table([{k: v for k, v in r.items() if k != "choice"} for r in rows],
