@@ -16,6 +16,7 @@ from common import RESULTS, save
 from course import ddpm, fid, models, results
 from course.schedules import linear_schedule
 from ddim_table import ddim_sampler
+from flow_table import sampler as flow_table_sampler
 
 
 def ddpm_1000(labels, seed):
@@ -28,6 +29,13 @@ def ddpm_1000(labels, seed):
 def ddim(steps: int, eta: float = 0.0):
     def sample(labels, seed):
         return ddim_sampler(models.load_digits_unet(), steps, eta)(labels, seed)
+    return sample
+
+
+def flow_matching(steps: int, method: str = "flow_euler"):
+    def sample(labels, seed):
+        nfe = steps if method == "flow_euler" else 2 * steps
+        return flow_table_sampler(method, nfe, models.load_digits_flow(), None)(labels, seed)
     return sample
 
 
@@ -62,6 +70,8 @@ SAMPLERS = {
     "classifier guidance w = 2, DDIM 20 (nb 06)": guided("classifier", 2.0, steps=20),
     "unconditional, DDIM 20 steps (nb 07)": guided("pag", 0.0, steps=20),
     "PAG s = 1 at mid, unconditional (nb 07)": guided("pag", 1.0, steps=20),
+    "flow matching, Euler 4 steps (nb 12)": flow_matching(4),
+    "flow matching, Euler 20 steps (nb 12)": flow_matching(20),
 }
 
 
