@@ -143,7 +143,8 @@ def test_make_demo_serves_notebook_06_with_its_code_hidden(browser, tmp_path):
         assert "Classifier guidance and classifier-free guidance" in body  # the markdown is shown
         assert "GuidanceExplorer(" not in body and "load_digits_unet" not in body
         move_control(page, box, "ArrowRight", timeout_ms=120_000)
-        assert "w = 0.5" in page.locator(box).text_content()
+        # the readout is a second message after the image: wait for it rather than read it at once
+        page.locator(box, has_text="w = 0.5 (lambda = 1.5)").wait_for(timeout=60_000)
         if SHOTS:
             page.locator(box).screenshot(path=str(SHOTS / "demo_06_moved.png"))
         # Voila's template links Font Awesome's CSS on a CDN, which an offline machine cannot reach (icons only)
