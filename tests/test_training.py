@@ -10,7 +10,7 @@ from course import checkpoints, ddpm, models, train
 from course.schedules import linear_schedule
 
 
-SMALL_EVALUATION = {"eval_per_caption": 1, "eval_masks": 4}  # the recipes' quality figures, at test size
+SMALL_EVALUATION = {"eval_per_caption": 1, "eval_masks": 4, "eval_per_class": 1, "eval_steps": 2}  # the recipes' quality figures, at test size
 SMALL_BATCH = 8  # a few steps at the recipes' own batch sizes (up to 512) cost minutes and test nothing more
 
 
