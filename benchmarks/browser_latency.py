@@ -1,9 +1,11 @@
-"""Widget latency in a real browser: from the input event to the new image's `load`, median and p95.
+"""Widget latency in a real browser: from the input event to the first frame that shows the new image, loaded (median
+and p95).
 
 JupyterLab in headless Chromium opens tests/browser/widget_gallery.ipynb with GALLERY_SIZE=full (every widget at the
 size its notebook uses), runs it all, and then moves each widget's controls from the keyboard as a person would. The
 first move of each widget happens right after Run All has finished. A move is "new" when the widget must compute
-that setting, "cached" when it only swaps an image it already has. `uptime`'s load average is recorded beside the
+that setting, "cached" when it only swaps an image it already has (a scrubber swaps its images in the page, with no
+round trip to the kernel). `uptime`'s load average is recorded beside the
 figures: a loaded machine is slower, and the figures say how loaded it was.
 
     python browser_latency.py [--name browser_latency] [--threads N]
@@ -18,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from common import print_table, save  # noqa: E402
-from jupyterlab_server import (ConsoleErrors, LabServer, launch_browser, move_control, open_notebook,  # noqa: E402
-                               run_all_and_wait)
+from jupyterlab_server import (ConsoleErrors, LabServer, arm_latency_probe, image_sources, launch_browser,  # noqa: E402
+                               move_control, open_notebook, run_all_and_wait, wait_for_new_image)
 
 # per widget: (action, argument, new or cached); the gallery's start values make each one's kind known
 PLAN = {
@@ -41,22 +43,16 @@ PLAN = {
 
 
 def click_latency(page, box, text):
-    """Click a toggle button by its text and time the click to the image's `load`."""
-    before = page.eval_on_selector_all(f"{box} img", "imgs => imgs.map(i => i.src)")
-    page.evaluate("""(selector) => {
-        window.__probe = {key: null, load: null};
-        for (const img of document.querySelectorAll(selector + ' img'))
-            img.addEventListener('load', () => { if (window.__probe.load === null)
-                window.__probe.load = performance.now(); }, {once: true});
-    }""", box)
+    """Click a toggle button by its text and time the click to the first frame showing the new image."""
+    before = image_sources(page, box)
+    arm_latency_probe(page, box, before)
     button = page.locator(f"{box} button", has_text=text).first
     button.scroll_into_view_if_needed()
     page.evaluate("() => { window.__probe.key = performance.now(); }")
     button.click()
-    page.wait_for_function("""([selector, before]) => [...document.querySelectorAll(selector + ' img')]
-        .some((img, i) => img.src !== before[i])""", arg=[box, before], timeout=300_000, polling="raf")
-    page.wait_for_function("() => window.__probe.load !== null", timeout=300_000, polling="raf")
-    return page.evaluate("() => window.__probe.load - window.__probe.key")
+    wait_for_new_image(page, box, before, 300_000)
+    page.wait_for_function("() => window.__probe.shown !== null", timeout=300_000, polling="raf")
+    return page.evaluate("() => window.__probe.shown - window.__probe.key")
 
 
 def measure(threads=None):

@@ -237,44 +237,60 @@ def output_problems(page, box_selector: str) -> list[str]:
     }""", box_selector)
 
 
+# the images a box shows: a scrubber keeps every frame in the page, in a Stack that hides all but one
+VISIBLE_IMAGES = "[...document.querySelectorAll(selector + ' img')].filter(img => img.checkVisibility())"
+
+
 def image_sources(page, box_selector: str) -> list[str]:
-    return page.eval_on_selector_all(f"{box_selector} img", "imgs => imgs.map(i => i.src)")
+    return page.evaluate(f"(selector) => {VISIBLE_IMAGES}.map(i => i.src)", box_selector)
 
 
-def arm_latency_probe(page, box_selector: str):
-    """Record, on the page, the time of the next key press and of the next image `load` in the box."""
-    page.evaluate("""(selector) => {
-        window.__probe = {key: null, load: null};
-        document.addEventListener('keydown', () => { if (window.__probe.key === null)
-            window.__probe.key = performance.now(); }, {capture: true, once: true});
-        for (const img of document.querySelectorAll(selector + ' img'))
-            img.addEventListener('load', () => { if (window.__probe.load === null)
-                window.__probe.load = performance.now(); }, {once: true});
-    }""", box_selector)
+def arm_latency_probe(page, box_selector: str, before: list[str]):
+    """Record, on the page, the time of the next key press and of the first animation frame that shows an image the
+    box did not show before, fully loaded (a swap by the kernel loads a new src; a scrubber's swap in the page shows
+    an image it already had). The page checks every frame itself, so a swap faster than a round trip to Playwright
+    is timed too."""
+    page.evaluate(f"""([selector, before]) => {{
+        const probe = window.__probe = {{key: null, shown: null}};
+        document.addEventListener('keydown', () => {{ if (probe.key === null) probe.key = performance.now(); }},
+                                  {{capture: true, once: true}});
+        const check = () => {{
+            const shown = {VISIBLE_IMAGES};
+            if (shown.some((img, i) => img.src !== before[i]) && shown.every(img => img.complete))
+                probe.shown = performance.now();
+            else if (window.__probe === probe) requestAnimationFrame(check);
+        }};
+        requestAnimationFrame(check);
+    }}""", [box_selector, before])
+
+
+def wait_for_new_image(page, box_selector: str, before: list[str], timeout_ms: float):
+    """Wait until the box shows an image it did not show before, fully loaded."""
+    page.wait_for_function(f"""([selector, before]) => {{
+        const shown = {VISIBLE_IMAGES};
+        return shown.some((img, i) => img.src !== before[i]) && shown.every(img => img.complete);
+    }}""", arg=[box_selector, before], timeout=timeout_ms, polling="raf")
 
 
 def move_control(page, box_selector: str, key: str = "ArrowRight", timeout_ms: float = 120_000,
                  probe: bool = False, select: str | None = None) -> float | None:
     """Move the box's first slider from the keyboard (its handle takes the arrow keys; a click on the track is
-    unreliable), or choose option ``select`` of its first drop-down, and wait until one of its images changes;
-    returns the milliseconds from the input event to the new image's `load` when ``probe``."""
+    unreliable), or choose option ``select`` of its first drop-down, and wait until it shows a new image;
+    returns the milliseconds from the input event to the first frame showing the new image, loaded, when ``probe``."""
     before = image_sources(page, box_selector)
     control = page.locator(f"{box_selector} " + ("select" if select is not None else ".noUi-handle")).first
     control.scroll_into_view_if_needed()
     control.focus()
     if probe:
-        arm_latency_probe(page, box_selector)
+        arm_latency_probe(page, box_selector, before)
     if select is not None:
         page.evaluate("() => { if (window.__probe && window.__probe.key === null) "
                       "window.__probe.key = performance.now(); }")
         control.select_option(select)
     else:
         control.press(key)
-    page.wait_for_function("""([selector, before]) => {
-        const now = [...document.querySelectorAll(selector + ' img')].map(i => i.src);
-        return now.some((src, i) => src !== before[i]);
-    }""", arg=[box_selector, before], timeout=timeout_ms, polling="raf")
+    wait_for_new_image(page, box_selector, before, timeout_ms)
     if probe:
-        page.wait_for_function("() => window.__probe.load !== null", timeout=timeout_ms, polling="raf")
-        return page.evaluate("() => window.__probe.load - window.__probe.key")
+        page.wait_for_function("() => window.__probe.shown !== null", timeout=timeout_ms, polling="raf")
+        return page.evaluate("() => window.__probe.shown - window.__probe.key")
     return None

@@ -8,6 +8,7 @@ import torch
 
 from .. import validate
 from ..attention import softmax_entropy
+from . import display
 
 
 class AttentionExplorer:
@@ -55,6 +56,7 @@ class AttentionExplorer:
             if (self.head.value, self.query.value, tau) not in self.cache:
                 self.cache[(self.head.value, self.query.value, tau)] = self.render(self.head.value, self.query.value,
                                                                                    tau)
+        display.settle()  # the warm-up's garbage is collected now, not on the first move
 
     def weights(self, head: int, temperature: float) -> torch.Tensor:
         """softmax(logits / tau) of one head, (L, S): tau < 1 sharpens, tau > 1 flattens."""
@@ -122,6 +124,4 @@ class AttentionExplorer:
         return buffer.getvalue()
 
     def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
+        display.show(self)

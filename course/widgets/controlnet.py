@@ -9,6 +9,7 @@ from .. import models
 from ..controlnet import digit_masks, sample_with_control
 from ..metrics import mask_iou
 from ..plotting import grid_png
+from . import display
 
 
 class ControlNetExplorer:
@@ -38,6 +39,7 @@ class ControlNetExplorer:
         self.show()
         self.widget = widgets.VBox([widgets.HBox([self.picker, self.slider]), self.readout,
                                     widgets.HBox([self.condition_image, self.samples_image])])
+        display.settle()  # the warm-up's garbage is collected now, not on the first move
 
     def show(self):
         key = (self.picker.value, float(self.slider.value))
@@ -55,6 +57,4 @@ class ControlNetExplorer:
         self.readout.value = f"scale {key[1]:g}: mean IoU of the samples' ink with the mask = {score:.2f}"
 
     def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
+        display.show(self)

@@ -7,6 +7,7 @@ import ipywidgets as widgets
 from matplotlib.figure import Figure
 
 from ..plotting import figure_to_png, image_grid
+from . import display
 
 
 class DDIMExplorer:
@@ -37,6 +38,7 @@ class DDIMExplorer:
         self.prerender(self.steps.value, self.eta.value)  # warm: the first scrub after Run All only swaps images
         self.widget = widgets.VBox([widgets.HBox([self.steps, self.eta]),
                                     widgets.HBox([self.slider, self.readout]), self.image])
+        display.settle()  # the warm-up's garbage is collected now, not on the first move
 
     def trajectory(self, steps: int, eta: float) -> list:
         """[(t, x_t, predicted x_0), ...] from t = T-1 down, sampled once per (steps, eta)."""
@@ -85,6 +87,4 @@ class DDIMExplorer:
         return fig
 
     def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
+        display.show(self)

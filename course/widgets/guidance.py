@@ -10,6 +10,7 @@ from ..guidance import cfg_eps_model
 from ..models import NULL_LABEL, NUM_DIGIT_CLASSES
 from ..plotting import grid_png
 from ..schedules import linear_schedule
+from . import display
 
 
 ANY = "any digit"
@@ -48,6 +49,7 @@ class GuidanceExplorer:
             control.observe(lambda change: self.show(), names="value")
         self.show()
         self.widget = widgets.VBox([widgets.HBox([self.w, self.label, self.negative]), self.readout, self.image])
+        display.settle()  # the warm-up's garbage is collected now, not on the first move
 
     @staticmethod
     def _label(choice: str) -> int:
@@ -82,6 +84,4 @@ class GuidanceExplorer:
         self.readout.value = text + f"  ({len(self.pngs)} settings cached)"
 
     def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
+        display.show(self)

@@ -9,6 +9,7 @@ import torch
 from ..ldm import CAPTION_WORDS, MAX_TOKENS, tokens_of
 from ..prompt_to_prompt import sample_with_attention, token_maps, token_shares
 from ..plotting import grid_png
+from . import display
 
 
 def diverging_rgb(values: torch.Tensor, span: float) -> torch.Tensor:
@@ -51,6 +52,7 @@ class TextToImageExplorer:
         self.show()
         self.widget = widgets.VBox([widgets.HBox([self.prompt, self.guidance, self.token]), self.readout,
                                     widgets.HBox([self.samples_image, self.map_image])])
+        display.settle()  # the warm-up's garbage is collected now, not on the first move
 
     def run(self, prompt: str, w: float):
         key = (prompt, float(w))
@@ -94,6 +96,4 @@ class TextToImageExplorer:
                               f"{shares[self.token.value]:.0%}")
 
     def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
+        display.show(self)

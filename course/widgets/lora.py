@@ -11,6 +11,7 @@ from .. import validate
 from ..lora import IDENTIFIER_LABEL, frame_score, lora_layers_or_fail, sample_digits, set_lora_scale
 from ..models import NULL_LABEL, NUM_DIGIT_CLASSES
 from ..plotting import grid_png
+from . import display
 
 
 def label_name(label: int) -> str:
@@ -72,6 +73,7 @@ class LoRAScaleExplorer:
         self.slider.observe(lambda change: self.show(), names="value")
         self.show()
         self.widget = widgets.VBox([self.slider, self.readout, self.image])
+        display.settle()  # the warm-up's garbage is collected now, not on the first move
 
     def sample(self, scale: float) -> torch.Tensor:
         key = round(float(scale), 6)
@@ -104,6 +106,4 @@ class LoRAScaleExplorer:
         self.readout.value = text + f"  ({len(self.pngs)} scales cached)"
 
     def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
+        display.show(self)

@@ -10,6 +10,7 @@ from .. import ddim
 from ..pag import DEFAULT_LAYERS, LAYERS, attention_modules, gradient_magnitude, guided_eps_model
 from ..plotting import grid_png
 from ..schedules import linear_schedule
+from . import display
 
 
 class PAGExplorer:
@@ -45,6 +46,7 @@ class PAGExplorer:
                                                                            self.ncols)
         self.show()
         self.widget = widgets.VBox([widgets.HBox([self.scale, self.layers]), self.readout, self.image])
+        display.settle()  # the warm-up's garbage is collected now, not on the first move
 
     def _key(self, s: float, layer_name: str) -> tuple:
         return (s, self.layer_choices[layer_name] if s else ())
@@ -70,6 +72,4 @@ class PAGExplorer:
                               f"(mean |gradient|), {len(self.pngs)} settings cached")
 
     def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
+        display.show(self)

@@ -9,15 +9,18 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from .. import forward, validate
+from . import display
 from ..plotting import clamp_to_box, figure_to_png, image_grid, scatter2d, to_display
 
 
 class TimestepScrubber:
-    """An IntSlider with Play over precomputed frames.
+    """An IntSlider with Play over precomputed frames, swapped in the browser.
 
     ``frames`` is any sequence (tensors, tuples...); ``render(frame, index)`` returns a
-    matplotlib Figure. Every frame is rendered to PNG once, when the scrubber is built,
-    so moving the slider only swaps an image: it reacts at once in a live demo.
+    matplotlib Figure. Every frame is rendered to PNG once, when the scrubber is built, and sent to the
+    page once: the slider is linked in the browser (``jslink``) to a ``Stack`` of the images and of their
+    labels, so a move swaps the shown image without a round trip to the kernel. It reacts at once in a
+    live demo, and keeps reacting while the kernel is busy with another cell.
     ``labels`` names each frame on the slider's readout (for example its timestep).
     """
 
@@ -29,6 +32,7 @@ class TimestepScrubber:
             raise ValueError(f"labels has {len(labels)} entries for {len(frames)} frames")
         self.frames = list(frames)
         self.labels = [str(label) for label in labels] if labels is not None else None
+        self.description = description
         self.render_count = 0
         self.pngs = []
         for i, frame in enumerate(tqdm(self.frames, desc="rendering frames", leave=False,
@@ -40,29 +44,40 @@ class TimestepScrubber:
                                         continuous_update=True, readout=self.labels is None)
         self.play = widgets.Play(value=0, min=0, max=last, interval=interval_ms, description="play")
         widgets.jslink((self.play, "value"), (self.slider, "value"))
-        self.readout = widgets.Label()
-        self.image = widgets.Image(format="png")
-        self.slider.observe(self._on_change, names="value")
-        self.show_frame(0)
-        self.widget = widgets.VBox([widgets.HBox([self.play, self.slider, self.readout]), self.image])
+        self.images = [widgets.Image(value=png, format="png") for png in self.pngs]
+        self.image_stack = widgets.Stack(self.images, selected_index=0)
+        widgets.jslink((self.slider, "value"), (self.image_stack, "selected_index"))
+        self.readouts = [widgets.Label(value=label) for label in self.labels or []]
+        self.readout_stack = widgets.Stack(self.readouts, selected_index=0 if self.readouts else None)
+        if self.readouts:
+            widgets.jslink((self.slider, "value"), (self.readout_stack, "selected_index"))
+        self.widget = widgets.VBox([widgets.HBox([self.play, self.slider, self.readout_stack]), self.image_stack])
+        display.settle()
 
     @property
     def index(self) -> int:
         return self.slider.value
 
-    def _on_change(self, change):
-        self.show_frame(change["new"])
+    @property
+    def image(self) -> widgets.Image:
+        """The Image widget of the frame the slider is on."""
+        return self.images[self.slider.value]
+
+    @property
+    def readout(self) -> widgets.Label:
+        """The label of the frame the slider is on (an empty Label when the scrubber has no labels)."""
+        return self.readouts[self.slider.value] if self.readouts else widgets.Label()
 
     def show_frame(self, index: int):
-        """Swap in frame ``index`` (no rendering happens here)."""
-        self.image.value = self.pngs[index]
-        if self.labels is not None:
-            self.readout.value = self.labels[index]
+        """Move to frame ``index`` (nothing is rendered: the page swaps to an image it already has)."""
+        self.slider.value = index
+
+    def static_html(self) -> str:
+        """The scrubber for the rendered site: every frame in the page, swapped by a range input."""
+        return display.static_scrubber_html(self.pngs, self.labels, self.description)
 
     def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
+        display.show(self)
 
 
 def forward_process_scrubber(x_0, schedule, timesteps, seed: int = 0) -> TimestepScrubber:
