@@ -18,7 +18,7 @@ OUT ?=
 JOBS ?=
 TIMEOUT ?= 120
 
-.PHONY: lab test test-all demo git-filter update venv kernel release grade grade-all checkpoints bench clean help
+.PHONY: lab test test-all demo site git-filter update venv kernel release grade grade-all checkpoints bench clean help
 
 help:
 	@echo "make lab      set up .venv, register the kernel, start JupyterLab on notebooks/00_start_here.ipynb"
@@ -26,6 +26,7 @@ help:
 	@echo "make test     set up .venv and run unit tests, nbval on every notebook, release and grading tests"
 	@echo "make test-all the same, and grade every notebook with exercises end to end (not only 02 and 06): ~20 min more"
 	@echo "make demo NB=06_cfg   serve one notebook as a dashboard with its code hidden (Voila; PORT, NO_BROWSER=1)"
+	@echo "make site    execute every notebook and render the course site into site/ (offline; JOBS=cores; ~10 min)"
 	@echo "make update  pull the course's next version (outputs of notebooks you ran are no obstacle)"
 	@echo "make release  write student notebooks (solutions removed, outputs cleared) to release/"
 	@echo "make grade NB=release/02_forward_reverse.ipynb   grade one student notebook"
@@ -84,6 +85,10 @@ demo: $(KERNEL_SPEC)
 release: venv
 	$(PY) -m course.grading release
 
+# every notebook executed (JOBS at a time, threads pinned) and rendered to site/: pages, student copies, link check
+site: $(KERNEL_SPEC)
+	$(PY) -m course.site --out site $(if $(JOBS),--jobs $(JOBS))
+
 grade: venv
 	@test -n "$(NB)" || (echo "usage: make grade NB=path/to/student_notebook.ipynb" && exit 2)
 	$(PY) -m course.grading grade $(NB) --timeout $(TIMEOUT)
@@ -102,4 +107,4 @@ bench: venv
 		../$(PY) $$script || exit 1; done
 
 clean:
-	rm -rf release .pytest_cache
+	rm -rf release site site-executed .pytest_cache

@@ -138,3 +138,33 @@ def test_clamp_to_box_counts_the_points_outside_and_moves_them_to_the_edge():
     assert outside == 2  # a point on the edge is inside
     assert torch.equal(clamped, torch.tensor([[0.5, -0.5], [3.5, 0.0], [0.0, -3.5], [3.5, 3.5]]))
     assert clamped.abs().max() <= 3.5 and points[1, 0] == 10.0  # the input is not modified
+
+
+def test_widgets_display_as_static_html_while_the_site_is_built(monkeypatch):
+    from IPython.core.interactiveshell import InteractiveShell
+    from course import ddim
+    from course.widgets import DDIMExplorer, display
+
+    frames = [torch.full((4, 4), float(i)) for i in range(3)]
+    scrubber = TimestepScrubber(frames, _render, labels=["t = 0", "t = 1", "t = 2"], description="t")
+    x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    explorer = DDIMExplorer(lambda steps, eta, x: ddim.ddim_sample(lambda x, t: 0.1 * x, linear_schedule(),
+                                                                   tuple(x.shape), steps=steps, eta=eta, x_T=x,
+                                                                   keep="all", progress=False),
+                            x_T, steps_choices=(3, 5))
+    shell = InteractiveShell.instance()
+    published = []
+    monkeypatch.setattr(shell.display_pub, "publish", lambda data, metadata=None, **kw: published.append(data))
+    monkeypatch.delenv(display.STATIC_ENV, raising=False)
+    scrubber._ipython_display_()
+    assert "application/vnd.jupyter.widget-view+json" in published[-1]  # in a kernel: the live widget
+    monkeypatch.setenv(display.STATIC_ENV, "1")
+    scrubber._ipython_display_()
+    static = published[-1]["text/html"]
+    assert "application/vnd.jupyter.widget-view+json" not in published[-1]
+    assert static.count("<img") == 3 and "type='range'" in static and "max='2'" in static  # every frame, no kernel
+    assert static.count("display: none") == 2 and "t = 2" in static
+    explorer._ipython_display_()
+    page = published[-1]["text/html"]
+    assert page.count("<img") == 1 and "Interactive in a kernel" in page and "steps = 3" in page
+    assert "after 3 of 3 steps: x_0" in page  # its readout, as first shown
