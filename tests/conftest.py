@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import nbformat
@@ -5,6 +6,34 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+class NbvalThreads:
+    """nbval's kernels get every usable CPU as torch threads: while nbval runs a notebook the suite does nothing
+    else, so the package's rule for a shared machine (one CPU left free for the browser and the server) would only
+    idle a core. The variable is set while nbval starts the notebook's kernel (on its first cell's setup) and
+    restored right after, so other tests' kernels (the grader's, the browser tests') keep the rule.
+
+    Registered as a plugin (``pytest_configure``), not as this conftest's hook: a conftest's hooks see only the
+    items under its folder, and the notebooks are not under tests/."""
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_setup(self, item):
+        nbval_cell = type(item).__module__.startswith("nbval")
+        set_here = nbval_cell and "COURSE_NUM_THREADS" not in os.environ
+        if set_here:
+            from course import device
+
+            os.environ["COURSE_NUM_THREADS"] = str(device.usable_cpus()[0])
+        try:
+            yield
+        finally:
+            if set_here:
+                os.environ.pop("COURSE_NUM_THREADS", None)
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(NbvalThreads(), "course-nbval-threads")
 
 
 @pytest.fixture(scope="session")
