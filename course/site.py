@@ -159,6 +159,18 @@ def _tag(cell, tag: str):
     cell.metadata["tags"] = tags + [tag] if tag not in tags else tags
 
 
+def dropped_widgets(nb) -> list[int]:
+    """Cells whose live widget has no static form (not a tqdm bar): a cell that displays ``explorer.widget``
+    instead of the explorer itself, say. The page shows nothing there; the build names them."""
+    cells = []
+    for i, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []):
+            text = "".join(output.get("data", {}).get("text/plain", ""))
+            if WIDGET_MIME in output.get("data", {}) and not re.search(r"\d+%\|", text):
+                cells.append(i)
+    return cells
+
+
 def title_of(nb, name: str) -> str:
     for cell in nb.cells:
         if cell.cell_type == "markdown":
@@ -346,6 +358,9 @@ def build(out: Path = ROOT / "site", only: list[str] | None = None, jobs: int | 
     (out / "student").mkdir()
     html_exporter = exporter()
     for name in names:
+        for i in dropped_widgets(executed[name]):
+            print(f"warning: {name} cell {i} displays a live widget with no static form (display the workbook's "
+                  "explorer object itself, whose static form the site shows): its page shows nothing there")
         nbformat.write(grading.release_notebook(sources[name]), out / "student" / f"{name}.ipynb")
         page = render_page(student_view(executed[name]), name, nav_html(name, names, titles), html_exporter)
         (out / f"{name}.html").write_text(page, encoding="utf-8")

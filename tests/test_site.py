@@ -142,13 +142,17 @@ def test_student_view_of_a_small_notebook():
     nb.cells[2].outputs = [nbformat.v4.new_output("stream", text="✔ f: all 3 cases pass")]
     nb.cells[3].outputs = [nbformat.v4.new_output("display_data", data={
         site.WIDGET_MIME: {"model_id": "x"}, "text/plain": "HBox(children=...)"})]
+    nb.cells.append(new_code_cell("train()"))
+    nb.cells[4].outputs = [nbformat.v4.new_output("display_data", data={
+        site.WIDGET_MIME: {"model_id": "y"}, "text/plain": "training:  40%|####      | 4/10 [00:01<00:01, 4.0it/s]"})]
+    assert site.dropped_widgets(nb) == [3]  # the explorer's .widget is named; a tqdm bar is not
     view = site.student_view(nb)
-    assert [c.cell_type for c in view.cells] == ["markdown", "markdown", "code", "code", "code"]
+    assert [c.cell_type for c in view.cells] == ["markdown", "markdown", "code", "code", "code", "code"]
     assert "Exercise <code>f</code>" in view.cells[1].source
     assert "return 2 * x" not in view.cells[2].source and "NotImplementedError" in view.cells[2].source
     assert view.cells[2].outputs == [] and view.cells[2].metadata.tags == ["exercise"]
     assert "assert f(2)" not in view.cells[3].source and view.cells[3].outputs[0]["text"].startswith("✔")
-    assert view.cells[4].outputs == []  # a live widget with no static form: dropped
+    assert view.cells[4].outputs == [] and view.cells[5].outputs == []  # live widgets with no static form: dropped
     assert "return 2 * x" in nb.cells[1].source  # the instructor notebook is left as it was
     html = site.render_page(view, "99_demo", site.nav_html("99_demo", ["99_demo"], {"99_demo": "99 · Demo"}))
     assert "NotImplementedError" in html and "return 2 * x" not in html and "celltag_exercise" in html
