@@ -137,7 +137,7 @@ def student_view(nb):
         if cell.cell_type == "code":
             cell.outputs = [o for o in cell.get("outputs", []) if WIDGET_MIME not in o.get("data", {})]
         if grading.is_solution_cell(cell) and grading.has_solution_block(cell.source):
-            exercise = grading._meta(cell).get("grade_id", "")
+            exercise = cell.metadata.get("nbgrader", {}).get("grade_id", "")
             cells.append(nbformat.v4.new_markdown_cell(
                 f"<div class='course-exercise-note'><b>Exercise <code>{html.escape(exercise)}</code></b>: in the "
                 "notebook you write this cell (the course's answer is not on this page). The check below it shows "
